@@ -182,17 +182,19 @@ def test_out_variants(backend, op, dtype):
     fout = np.asfortranarray(np.full(z.shape, 7.0, dtype=dtype))
     getattr(fastloss, op)(z, t, return_grad=True, out=fout, backend=backend)
     np.testing.assert_array_equal(fout, grad0)
-    # in place: out is the logits
+    # in place: out is the logits.  A kernel may take another path when grad
+    # aliases z (grad as scratch), so equal within rounding, not bitwise.
     zi = z.copy()
     loss, res = getattr(fastloss, op)(zi, t, return_grad=True, out=zi, backend=backend)
-    assert res is zi and loss == loss0
-    np.testing.assert_array_equal(zi, grad0)
+    assert res is zi
+    assert_reduced(loss, loss0, dtype, what="in-place loss")
+    assert_close(zi, grad0, dtype, what="in-place grad")
     # in place on a non-contiguous logits view
     zp = np.zeros_like(parent)
     zv = zp[..., ::2]
     zv[...] = z
     getattr(fastloss, op)(zv, t, return_grad=True, out=zv, backend=backend)
-    np.testing.assert_array_equal(zv, grad0)
+    assert_close(zv, grad0, dtype, what="in-place strided grad")
     assert (zp[..., 1::2] == 0).all()
 
 
@@ -283,10 +285,14 @@ def test_one_dim_logits_single_row(backend, op):
 @pytest.mark.parametrize("op", ALL_OPS)
 def test_return_grad_false_gives_same_loss(backend, op):
     z, t = make(op, dtype=np.float32)
-    for red in REDUCTIONS:
+    for red in REDUCTIONS:  # a loss-only kernel path may round differently
         a = getattr(fastloss, op)(z, t, reduction=red, backend=backend)
         b, _ = getattr(fastloss, op)(z, t, reduction=red, return_grad=True, backend=backend)
-        np.testing.assert_array_equal(a, b)
+        assert np.asarray(a).dtype == np.asarray(b).dtype and np.shape(a) == np.shape(b)
+        if red == "none":
+            assert_close(a, b, np.float32, what="loss without grad")
+        else:
+            assert_reduced(a, b, np.float32, what="loss without grad")
 
 
 @pytest.mark.parametrize("op", ALL_OPS)

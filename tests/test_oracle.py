@@ -57,7 +57,7 @@ def _elementwise_case(op, dtype, case):
         z, y = np.meshgrid(extreme_z(dtype), TARGETS[op] + [NAN], indexing="ij")
         z, y = z.ravel(), y.ravel()
     else:  # dense log-spaced sweep over +-[1e-40, 1e30] with a few targets
-        mags = np.logspace(-40, 30, 150)
+        mags = np.logspace(-40, 30, 301)
         zz = np.concatenate([mags, -mags])
         z, y = np.meshgrid(zz, TARGETS[op][:3], indexing="ij")
         z, y = z.ravel(), y.ravel()
@@ -130,7 +130,7 @@ def random_rows(dtype):
 
 
 def sweep_rows(dtype):
-    mags = np.logspace(-40, 30, 60)
+    mags = np.logspace(-40, 30, 141)
     x = np.concatenate([mags, -mags])
     rows = np.stack([x, np.zeros_like(x), np.full_like(x, -1.0)], axis=1)
     rows = np.concatenate([rows, np.stack([x, x / 2, np.zeros_like(x)], axis=1)])

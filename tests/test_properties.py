@@ -135,8 +135,12 @@ def test_in_place_equals_out_of_place(backend, op, data, reduction):
     zi = z.copy()
     b = getattr(fastloss, op)(zi, t, weight=w, reduction=reduction, return_grad=True, out=zi, backend=backend)
     assert b[1] is zi
-    np.testing.assert_array_equal(b[0], a[0])
-    np.testing.assert_array_equal(zi, a[1])
+    # equal within rounding: an in-place kernel may use grad as scratch
+    if reduction == "none":
+        assert_close(b[0], a[0], dtype, what="in-place loss")
+    else:
+        assert_reduced(b[0], a[0], dtype, what="in-place loss")
+    assert_close(zi, a[1], dtype, what="in-place grad")
 
 
 @BACKEND
