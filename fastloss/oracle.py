@@ -241,12 +241,20 @@ def _row(mp, op, zr, t_f, w_f, has_probs, has_w):
         # targets enter as a_k = w_k t_k: x d/dx is -a_k log p_k for each
         coef = [-_mul0(a[k], logp[k]) for k in range(C)]
         lt += [coef[k] for k in soft] + (coef if has_w else [])
+        # dg_j/dz_k = A p_j (delta_jk - p_k), dg_j/da_k = p_j - delta_jk: the
+        # sums of |x_k dg_j/dx_k| factor through O(C) totals (O(C) per row).
+        T = sum(abs(d[k]) * p[k] for k in live if k != am)
+        # a_k enters once per soft target entry and once more per weight
+        Aabs = sum(abs(a[k]) for k in soft) + (sum(abs(v) for v in a) if has_w else 0)
         gt = []
         for j in range(C):
-            # dg_j/dz_k = A p_j (delta_jk - p_k); dg_j/da_k = p_j - delta_jk
-            terms = [d[k] * A * p[j] * ((1 if j == k else 0) - p[k]) for k in live if k != am]
-            at = [_mul0(a[k], (p[j] - (1 if j == k else 0))) for k in range(C)]
-            gt.append(terms + [at[k] for k in soft] + (at if has_w else []))
+            zj = abs(A) * p[j] * T
+            if j != am and j in live:  # own term: |d_j| (1 - p_j) instead of |d_j| p_j
+                zj += abs(A) * p[j] * abs(d[j]) * ((1 - p[j]) - p[j])
+            mult = int(j in soft) + int(has_w)
+            one_minus = q if j == am else 1 - p[j]
+            aj = p[j] * Aabs + mult * abs(a[j]) * (one_minus - p[j])
+            gt.append([zj, aj])
     else:  # softmax_mse
         dd = [p[k] - t[k] for k in range(C)]
         dd[am] = (1 - t[am]) - q  # p_argmax - t without rounding 1 - q
