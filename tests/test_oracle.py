@@ -1,9 +1,9 @@
 """The stability contract, against the 60-digit oracle, for every host backend.
 
-For each extreme point and dense sweep (float16 via the API, float32, float64), per element or
-row: no NaN/inf where the truth is finite, no exact 0 where the truth is a
-nonzero normal number, ulp error <= 4 (1 + kappa), exact +-inf limits, NaN in
--> NaN out without an exception (RuntimeWarnings are errors in pytest.ini).
+For each extreme point and dense sweep (float16 via the API, float32,
+float64), per element or row: no NaN/inf where the truth is finite, no exact 0
+where the truth is a nonzero normal number, ulp error <= 4 (1 + kappa), exact
++-inf limits, NaN in -> NaN out without an exception or RuntimeWarning.
 """
 from __future__ import annotations
 
