@@ -31,20 +31,31 @@ def _grad_buffer(out, shape, cdt):
     return np.empty(shape, dtype=cdt)
 
 
+def _cast(x, rdt):
+    """Round results to the result dtype; overflow to inf there is the right
+    answer (float16 losses, float32 sums), not a warning."""
+    if x.dtype == rdt:
+        return x
+    with np.errstate(over="ignore"):
+        return x.astype(rdt)
+
+
 def _finish_grad(g, out, rdt):
     """Deliver the kernel's gradient buffer ``g`` as the result (into ``out``)."""
     if out is None:
-        return g if g.dtype == rdt else g.astype(rdt)
+        return _cast(g, rdt)
     if g is not out:  # a temporary: out had another layout or dtype
-        np.copyto(out, g, casting="unsafe")
+        with np.errstate(over="ignore"):
+            np.copyto(out, g, casting="unsafe")
     return out
 
 
 def _reduced(total, denominator, reduction, rdt):
-    if reduction == "sum":
+    if reduction != "sum":
+        # a mean over nothing (empty input, everything ignored) is 0, not NaN
+        total = total / denominator if denominator else 0.0
+    with np.errstate(over="ignore"):
         return rdt.type(total)
-    # a mean over nothing (empty input, everything ignored) is 0, not NaN
-    return rdt.type(total / denominator if denominator else 0.0)
 
 
 # --------------------------------------------------------------------------
@@ -83,7 +94,7 @@ def _elementwise(op, logits, target, weight, pos_weight, reduction, return_grad,
         total = mod.elementwise(op, zf, yf, w, pw, None if g is None else g.reshape(-1), per_elem, scale)
 
     if reduction == "none":
-        loss = per_elem.reshape(shape).astype(rdt, copy=False)
+        loss = _cast(per_elem.reshape(shape), rdt)
     else:
         loss = _reduced(total, denom, reduction, rdt)
     if not return_grad:
@@ -268,7 +279,7 @@ def _softmax(op, logits, target, axis, weight, ignore_index, smoothing, reductio
                          None if g is None else g.reshape(R, C), rows, scale)
 
     if reduction == "none":
-        loss = rows.reshape(batch).astype(rdt)
+        loss = _cast(rows.reshape(batch), rdt)
     else:
         loss = _reduced(float(np.sum(rows)), denom, reduction, rdt)
     if not return_grad:

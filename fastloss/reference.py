@@ -46,9 +46,19 @@ def sigmoid_pair(z):
     """
     e = np.exp(-np.abs(z))  # in [0, 1]: cannot overflow
     big = 1.0 / (1.0 + e)
-    small = e * big  # e/(1+e), subnormal when e is: kept, not flushed
+    small = e / (1.0 + e)  # subnormal when e is: kept, not flushed
     pos = z >= 0
     return np.where(pos, big, small), np.where(pos, small, big)
+
+
+#: below this |z|, sigma(z) - 1/2 is formed as tanh(z/2)/2: sigma(z) itself
+#: rounds to 1/2 for |z| < 2**-54 and would give s - y = 0 for y = 1/2.
+SMALL_Z = 1.0
+
+
+def half_tanh(z):
+    """``sigmoid(z) - 1/2 = tanh(z/2)/2``, exact to ~1 ulp for tiny z."""
+    return 0.5 * np.tanh(0.5 * z)
 
 
 def softplus(z):
@@ -79,20 +89,29 @@ def elementwise(op, z, y, w, pw, grad, loss, scale):
     yf = y.astype(np.float64)
     wf = _periodic(w, n)
     c = 2.0 * scale  # MSE factor 2 folded into the scale (<= 2: no overflow)
-    with np.errstate(over="ignore", under="ignore"):
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        small = np.abs(zf) < SMALL_Z
+        h = half_tanh(np.where(small, zf, 0.0))
         if op == "mse":
             d = zf - yf
-            l = d * d
-            g = c * d
+            # the weight goes in first: w d, then (w d) d and c (w d), so a
+            # small weight cannot let d*d or 2*d overflow ahead of it
+            wd = d if wf is None else _mul0(wf, d)
+            l = _mul0(wd, d)
+            g = c * wd
+            wf = None
         elif op == "sigmoid_mse":
             s, sn = sigmoid_pair(zf)
             # s - y: for z >= 0 use (1 - y) - sigmoid(-z); (1 - y) is exact
             # for y in [0.5, 2], so y = 1 keeps every digit of sigmoid(-z).
+            # Near z = 0 use (s - 1/2) + (1/2 - y) so y = 1/2 keeps its digits.
             r = np.where(zf >= 0, (1.0 - yf) - sn, s - yf)
+            r = np.where(small, h + (0.5 - yf), r)
             l = r * r
-            # s*sn multiplied last: the tiny factor goes in after the O(1) ones
-            # so no intermediate underflows ahead of the final product.
-            g = ((c * r) * s) * sn
+            e = np.exp(-np.abs(zf))
+            # s (1 - s) = e / (1 + e)^2 in three roundings; multiplied last so
+            # the tiny factor cannot underflow ahead of the final product.
+            g = (c * r) * (e / ((1.0 + e) * (1.0 + e)))
         elif op == "sigmoid_bce":
             s, sn = sigmoid_pair(zf)
             a = yf if pw is None else _periodic(pw, n) * yf
@@ -101,17 +120,19 @@ def elementwise(op, z, y, w, pw, grad, loss, scale):
             # cancellation; zero coefficients mask infinite softplus values.
             l = _mul0(a, softplus(-zf)) + _mul0(b, softplus(zf))
             # d/dz = b*s - a*sn; equals s - y for pw = 1 but keeps y = 1 -> -sn
-            # and y = 0 -> s exact, and has exact limits at z = +-inf.
-            g = scale * (b * s - a * sn)
+            # and y = 0 -> s exact, and has exact limits at z = +-inf.  Near
+            # z = 0, with s = 1/2 + h: (b - a)/2 + h (a + b) keeps y = 1/2.
+            g = np.where(small, 0.5 * (b - a) + h * (a + b), b * s - a * sn)
+            g = scale * g
         else:  # pragma: no cover - dispatch validates op names
             raise ValueError(f"unknown elementwise op {op!r}")
         if wf is not None:
             l = _mul0(wf, l)
             g = _mul0(wf, g)
-    if grad is not None:
-        grad[...] = g
-    if loss is not None:
-        loss[...] = l
+        if grad is not None:
+            grad[...] = g
+        if loss is not None:
+            loss[...] = l
     return float(np.sum(l))
 
 
@@ -150,8 +171,12 @@ def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, s
     inf_row = m == np.inf
     zf[masked_row] = 0.0
     m[masked_row] = 0.0
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         sh = zf - m[:, None]  # <= 0, exact near the max (Sterbenz)
+        # z - m overflows to -inf for finite z when |z|, |m| ~ 1e308; the loss
+        # then needs a (z - m) = 2 a (z/2 - m/2) (test_oracle's huge rows).
+        huge = np.isneginf(sh) & np.isfinite(zf) & np.isfinite(m)[:, None]
+        half_sh = np.where(huge, 0.5 * zf - 0.5 * m[:, None], 0.0)
     # A row holding +inf: the limit puts equal mass on its +inf entries.
     sh[inf_row] = np.where(zf[inf_row] == np.inf, 0.0, -np.inf)
 
@@ -173,10 +198,15 @@ def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, s
             A = a.sum(axis=1)
             # -sum a log p = A log S - sum a (z - m): both terms >= 0 for
             # a >= 0, so a dominant label (p -> 1) loses nothing to cancellation.
-            l = A * log_s - _mul0(a, sh).sum(axis=1)
+            term = np.where(huge, 2.0 * _mul0(a, half_sh), _mul0(a, sh))
+            l = A * log_s - term.sum(axis=1)
             g = p * A[:, None] - a
-            # argmax entry: p*A - a = (A - a) - A*q, exact when p rounds to 1
-            g[rr, am] = (A - a[rr, am]) - A * q
+            # argmax entry: p*A - a = (A - a) - A*q, exact when p rounds to 1;
+            # A - a summed over the other classes, not subtracted
+            a_am = a[rr, am].copy()
+            a[rr, am] = 0.0
+            g[rr, am] = a.sum(axis=1) - A * q
+            a[rr, am] = a_am
         elif op == "softmax_mse":
             # With u = w (p - t), dl/dz_j = 2 p_j (u_j - sum_k p_k u_k).  The
             # bracket is tiny when most mass sits on classes tied with the max
