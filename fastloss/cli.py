@@ -66,6 +66,8 @@ def build_parser():
     b.add_argument("--skip-throughput", action="store_true")
     b.add_argument("--skip-stability", action="store_true")
     b.add_argument("--skip-experiments", action="store_true")
+    b.add_argument("--grid", type=int, default=100, help="softmax-grid experiment: points per axis (100)")
+    b.add_argument("--epochs", type=int, help="digits MLP epochs (default 25, 40 with --full)")
     b.add_argument("--forward-only", action="store_true", help="time the forward pass only")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--quiet", action="store_true", help="do not print the tables")
@@ -134,12 +136,13 @@ def run_bench(args, argv=None):
         exps["neuron"] = experiments.neuron(args.out, backend=backends[0])
         bar("experiment 4: MLP on digits")
         try:
-            exps["digits_mlp"] = experiments.digits_mlp(args.out, epochs=40 if args.full else 25, backend=backends[0])
+            exps["digits_mlp"] = experiments.digits_mlp(args.out, epochs=args.epochs or (40 if args.full else 25),
+                                                       backend=backends[0])
         except ImportError as exc:  # scikit-learn missing
             exps["digits_mlp_missing"] = str(exc)
         bar("experiment 2: softmax grid")
         if oracle is not None:
-            exps["softmax_grid"] = experiments.softmax_grid(args.out, mine[:1] + ext, oracle=oracle)
+            exps["softmax_grid"] = experiments.softmax_grid(args.out, mine[:1] + ext, oracle=oracle, n=args.grid)
         bar("experiment 3: gradient vs logit")
         if oracle is not None:
             exps["grad_vs_logit"] = experiments.grad_vs_logit(args.out, mine[:1] + ext, oracle=oracle)
