@@ -1,0 +1,104 @@
+"""Minimal repros of defects found in lead-owned code (reference.py, _api.py).
+
+Each test states the expected behaviour from the stability contract; it fails
+until the defect is fixed (see the tests helper's report for the proposed
+fix).  Every host backend is run, since backends mirror the reference.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import fastloss
+from fastloss import oracle
+from tests.tolerances import ORACLE_ULPS, assert_contract, call_checked
+
+
+def test_bug_overflow_cast_warns_float32_elementwise(backend):
+    # true gradient 2 * 6e38 rounds to float32 inf: correct value, but the
+    # float64 -> float32 store raises "overflow encountered in cast"
+    # (reference.py elementwise: grad[...] = g / loss[...] = l outside errstate).
+    z, y = np.float32([3e38]), np.float32([-3e38])
+    (loss, grad), warns = call_checked(fastloss.mse, z, y, reduction="none", return_grad=True, backend=backend)
+    assert np.isinf(loss[0]) and grad[0] == np.inf
+    assert warns == []
+
+
+def test_bug_overflow_cast_warns_float32_softmax_rows(backend):
+    # per-row float64 loss 6e38 -> float32 inf in _api._softmax (rows.astype(rdt))
+    z = np.float32([[3e38, -3e38]])
+    (loss, grad), warns = call_checked(fastloss.softmax_cross_entropy, z, np.array([1]), reduction="none",
+                                       return_grad=True, backend=backend)
+    assert loss[0] == np.inf
+    assert warns == []
+
+
+def test_bug_softmax_shift_overflow_warns_float64(backend):
+    # z - max(z) = -2e308 overflows float64 (reference.py: sh = zf - m outside
+    # errstate(over=...)); the limit (exp -> 0) is right, the warning is not.
+    z = np.array([[1e308, -1e308]])
+    (loss, grad), warns = call_checked(fastloss.softmax_cross_entropy, z, np.array([0]), reduction="none",
+                                       return_grad=True, backend=backend)
+    assert loss[0] == 0.0 and grad.tolist() == [[0.0, 0.0]]
+    assert warns == []
+
+
+def test_bug_softmax_shift_overflow_gives_inf_loss_float64(backend):
+    # loss = -sum_k t_k log p_k = 0.5 * 2e308 = 1e308 is finite, but
+    # sum t_k (z_k - m) forms z_k - m = -2e308 = -inf first.
+    z = np.array([[1e308, -1e308]])
+    t = np.array([[0.5, 0.5]])
+    loss, _ = call_checked(fastloss.softmax_cross_entropy, z, t, reduction="none", backend=backend)
+    exact = oracle.softmax_rows("softmax_cross_entropy", z, probs=t)
+    assert_contract(loss, exact[0], exact[2], np.float64, what="CE loss at +-1e308")
+
+
+def test_bug_mse_weighted_grad_overflows_early_float64(backend):
+    # true gradient 2 * 1e-3 * 1e308 = 2e305; the reference forms 2 * (z - y)
+    # = inf before applying the weight.
+    z, y, w = np.array([1e308]), np.array([0.0]), np.array([1e-3])
+    loss, grad = fastloss.mse(z, y, weight=w, reduction="none", return_grad=True, backend=backend)
+    exact = oracle.elementwise("mse", z, y, w=w)
+    assert_contract(grad, exact[1], exact[3], np.float64, what="weighted mse grad")
+
+
+def test_bug_target_half_gives_exact_zero(backend):
+    # y = 0.5 = sigmoid(0): s - y = tanh(z/2)/2 ~ z/4 is a normal number for
+    # |z| = 1e-30, but s rounds to 0.5 and s - y to exactly 0 (contract rule 1).
+    z = np.array([1e-30, -1e-30, 1e-20])
+    for dtype in (np.float32, np.float64):
+        zz = z.astype(dtype)
+        y = np.full(3, 0.5, dtype=dtype)
+        for op in ("sigmoid_mse", "sigmoid_bce"):
+            loss, grad = getattr(fastloss, op)(zz, y, reduction="none", return_grad=True, backend=backend)
+            exact = oracle.elementwise(op, zz, y)
+            assert_contract(grad, exact[1], exact[3], dtype, what=f"{op} grad at y=0.5")
+
+
+def test_bug_ce_smoothing_weight_argmax_grad_cancels_float64(backend):
+    # argmax entry with a label and smoothing: the reference forms A - a_m as
+    # sum(a) - a_m, cancelling ~4 bits that the function does not (kappa 2.2):
+    # 26 ulp > 4 (1 + kappa).  A - a_m should be summed over the other classes.
+    z = np.array([[-2.088, 6.485, -12.527, -10.514, -1.064, -9.023, -0.121]])
+    w = np.array([0.57, 0.294, 0.059, 0.537, 0.134, 0.554, 0.187])
+    lab = np.array([1])
+    loss, grad = fastloss.softmax_cross_entropy(z, lab, weight=w, label_smoothing=0.1, reduction="none",
+                                                return_grad=True, backend=backend)
+    exact = oracle.softmax_rows("softmax_cross_entropy", z, labels=lab, w=w, smoothing=0.1)
+    assert_contract(grad, exact[1], exact[3], np.float64, what="CE grad, smoothing + weight")
+
+
+def test_bug_float64_sigmoid_mse_grad_5ulp_at_kappa_0(backend):
+    # kappa = 0.00065, so the contract allows 4.003 ulp; the reference's
+    # ((2 r) s) sn with r, s, sn each rounded lands 5 ulp away.
+    z, y = np.array([0.0013004509005128898]), np.array([1.0])
+    _, grad = fastloss.sigmoid_mse(z, y, reduction="none", return_grad=True, backend=backend)
+    exact = oracle.elementwise("sigmoid_mse", z, y)
+    assert oracle.ulp_error(grad, exact[1], np.float64)[0] <= ORACLE_ULPS * (1 + exact[3][0])
+
+
+def test_bug_float64_softmax_mse_grad_5ulp_at_kappa_0(backend):
+    z = np.array([[0.0006020894493336076, 0.0, -1.0]])
+    t = np.array([[1.0, 0.0, 0.0]])
+    _, grad = fastloss.softmax_mse(z, t, reduction="none", return_grad=True, backend=backend)
+    exact = oracle.softmax_rows("softmax_mse", z, probs=t)
+    assert_contract(grad, exact[1], exact[3], np.float64, what="softmax_mse grad")
