@@ -146,7 +146,8 @@ def markdown(results):
     bw = results.get("bandwidth")
     if bw:
         parts.append(f"Memory bandwidth measured in this run: copy {bw['copy_gbs']:.1f} GB/s, "
-                     f"triad {bw['triad_gbs']:.1f} GB/s ({bw['triad_impl']}, one thread); "
+                     f"triad {bw['triad_gbs']:.1f} GB/s one thread, "
+                     f"{bw.get('triad_all_threads_gbs') or float('nan'):.1f} GB/s all threads ({bw['triad_impl']}); "
                      f"'% STREAM' is against {bw['peak_gbs']:.1f} GB/s.")
     if results.get("throughput"):
         parts += ["## Throughput", throughput_tables(results["throughput"], bw and bw["peak_gbs"]),
