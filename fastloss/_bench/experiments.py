@@ -179,13 +179,15 @@ def grad_vs_logit(out_dir, impls, *, oracle, target=1.0, num=400):
                     _, g = impl.pointwise(op, zz.copy(), np.full(zz.size, target, dtype=dt))
                 g = np.abs(np.asarray(g, dtype=np.float64))
                 zero = g == 0
+                exact_dt = exact.astype(dt).astype(np.float64)
+                normal = np.abs(exact_dt) >= np.finfo(dt).tiny
+                wrong = zero & normal  # zeros where the truth is a normal number
                 for row in range(2):
                     ax = axes[row, col]
                     line = ax.plot(zz[~zero], g[~zero], mk, ms=3, label=f"{impl.name} {dt}")[0]
-                    # exact zeros cannot sit on a log axis: drawn at the bottom edge
-                    ax.plot(zz[zero], np.full(zero.sum(), 1e-322), mk, ms=3, color=line.get_color())
-                exact_dt = exact.astype(dt).astype(np.float64)
-                normal = np.abs(exact_dt) >= np.finfo(dt).tiny
+                    # wrong zeros cannot sit on a log axis: big triangles on the bottom edge
+                    ax.plot(zz[wrong], np.full(wrong.sum(), 1e-321), "v", ms=7, alpha=0.6,
+                            color=line.get_color())
                 out[f"{op}/{impl.name}/{dt}"] = {"zeros_where_normal": int(np.sum(zero & normal)),
                                                  "nonfinite": int(np.sum(~np.isfinite(g)))}
         top, bottom = axes[0, col], axes[1, col]
@@ -200,8 +202,8 @@ def grad_vs_logit(out_dir, impls, *, oracle, target=1.0, num=400):
         top.set_title(f"|grad| of {op}, target {target:g}: whole float range (symlog)", fontsize=9)
         bottom.set_title(f"|grad| of {op}: zoom on |z| < 800", fontsize=9)
     axes[1, 1].legend(fontsize=7, loc="lower center", ncol=2)
-    fig.suptitle("Gradient magnitude vs logit; points on the bottom edge are exact zeros "
-                 "(wrong wherever the grey exact curve is above the dtype's smallest normal)", fontsize=9)
+    fig.suptitle("Gradient magnitude vs logit; triangles on the bottom edge: exact zeros where the true "
+                 "gradient is a normal number of that dtype (flushed gradients)", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "grad_vs_logit.png"), dpi=100)
     plt.close(fig)
