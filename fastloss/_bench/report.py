@@ -33,7 +33,12 @@ def machine_info(command=None):
         except Exception:  # noqa: BLE001 - absent peers are simply not listed
             continue
     import fastloss
+    try:  # other work on the machine skews timings: say how busy it was
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):  # pragma: no cover - not on every OS
+        load = None
     return {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(), "versions": versions,
+            "load_average": load,
             "backends": fastloss.available_backends(),
             "command": command or " ".join(["fastloss"] + sys.argv[1:]),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
@@ -134,7 +139,9 @@ def stability_table(records):
 
 def footnote(meta):
     v = ", ".join(f"{k} {x}" for k, x in meta["versions"].items())
-    return (f"<sub>Machine: {meta['cpu']}, {meta['cores']} cores, {meta['os']}. Versions: {v}. "
+    load = meta.get("load_average")
+    busy = f" Load average at start {load[0]:g}." if load else ""
+    return (f"<sub>Machine: {meta['cpu']}, {meta['cores']} cores, {meta['os']}.{busy} Versions: {v}. "
             f"fastloss backends: {', '.join(meta['backends'])}. {meta['date']}. "
             f"Command: `{meta['command']}`</sub>")
 
