@@ -27,7 +27,7 @@ def bench_run(tmp_path_factory):
 def test_report_folder_has_markdown_json_and_readable_pngs(bench_run):
     md = (bench_run / "report.md").read_text()
     data = json.loads((bench_run / "results.json").read_text())
-    for section in ("## Throughput", "## Stability", "### 1. One sigmoid neuron", "### 4. NumPy MLP"):
+    for section in ("## Summary", "## Throughput", "## Stability", "### 1. One sigmoid neuron", "### 4. NumPy MLP"):
         assert section in md
     assert "Command: `fastloss bench --sizes tiny" in md
     for png in ("neuron.png", "softmax_grid.png", "grad_vs_logit.png", "digits_mlp.png"):
@@ -107,3 +107,14 @@ def test_pytest_benchmark_json_becomes_ratio_tables():
     assert ratio["peer"] == "torch" and ratio["ratio"] == pytest.approx(3.0)
     md = report.throughput_tables(recs)
     assert "| sigmoid_bce | 1024 | numpy | 10.0 | 1.23 | 12 % | 3.00× |" in md
+
+
+def test_stability_summary_pools_backends_and_dtypes():
+    def rec(impl, dtype, nonfinite, zeros, special, err):
+        return {"op": "sigmoid_bce", "impl": impl, "dtype": dtype, "points": 9, "nonfinite": nonfinite,
+                "zeros": zeros, "special": special, "max_err": err}
+    recs = [rec("fastloss:c", "float32", 0, 0, 0, 0.5), rec("fastloss:numba", "float64", 0, 1, 0, 3.0),
+            rec("torch", "float32", 2, 5, 1, 9e5), rec("torch", "float64", 1, 0, 0, 2.0)]
+    md = report.stability_summary(recs)
+    assert md.splitlines()[0] == "| op | fastloss | torch |"
+    assert md.splitlines()[2] == "| sigmoid_bce | 0 / 1 / 3 | 4 / 5 / 9e+05 |"
