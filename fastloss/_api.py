@@ -6,6 +6,8 @@ writing into the buffers given to it.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _backends
@@ -222,9 +224,10 @@ def _softmax(op, logits, target, axis, weight, ignore_index, smoothing, reductio
     ignore_index = V.check_ignore_index(ignore_index)
     smoothing = V.check_smoothing(smoothing)
     C = z.shape[ax]
-    zm = np.moveaxis(z, ax, -1)
+    last = ax == z.ndim - 1
+    zm = z if last else np.moveaxis(z, ax, -1)
     batch = zm.shape[:-1]
-    R = int(np.prod(batch))
+    R = math.prod(batch)
 
     t = np.asarray(target)
     labels = probs = None
@@ -237,7 +240,7 @@ def _softmax(op, logits, target, axis, weight, ignore_index, smoothing, reductio
     elif t.dtype.kind == "f":
         if t.shape != z.shape:
             raise ValueError(f"probability target must have the logits' shape {z.shape}; got {t.shape}")
-        probs = np.ascontiguousarray(np.moveaxis(t, ax, -1), dtype=cdt).reshape(R, C)
+        probs = np.ascontiguousarray(t if last else np.moveaxis(t, ax, -1), dtype=cdt).reshape(R, C)
     else:
         raise TypeError(f"target must hold integer labels or float probabilities; got dtype {t.dtype}")
     w = V.check_class_weight(weight, C, cdt)
@@ -245,9 +248,8 @@ def _softmax(op, logits, target, axis, weight, ignore_index, smoothing, reductio
     mod = _backends.resolve(backend)
 
     # denominator of 'mean' (torch semantics; 0 when nothing counts)
-    if labels is None:
-        denom = float(R)
-    else:
+    denom = float(R)
+    if labels is not None and reduction == "mean":
         valid = labels[labels != ignore_index]
         if op == "softmax_cross_entropy" and w is not None:
             denom = float(np.sum(w[valid], dtype=np.float64))
@@ -258,7 +260,7 @@ def _softmax(op, logits, target, axis, weight, ignore_index, smoothing, reductio
     z2 = np.ascontiguousarray(zm, dtype=cdt).reshape(R, C)
     g = None
     if return_grad:
-        outm = None if out is None else np.moveaxis(out, ax, -1)
+        outm = out if out is None or last else np.moveaxis(out, ax, -1)
         g = _grad_buffer(outm, zm.shape, cdt)
     rows = np.zeros(R, dtype=np.float64)
     if z.size:
@@ -272,7 +274,7 @@ def _softmax(op, logits, target, axis, weight, ignore_index, smoothing, reductio
     if not return_grad:
         return loss
     grad = _finish_grad(g, outm, rdt)
-    return loss, (np.moveaxis(grad, -1, ax) if out is None else out)
+    return loss, (grad if out is not None or last else np.moveaxis(grad, -1, ax))
 
 
 def softmax_cross_entropy(logits, target, /, *, axis=-1, weight=None, ignore_index=-100, label_smoothing=0.0,

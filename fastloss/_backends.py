@@ -40,9 +40,15 @@ class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run on this machine."""
 
 
+_disabled_cache = ("", frozenset())
+
+
 def _disabled():
+    global _disabled_cache
     raw = os.environ.get("FASTLOSS_DISABLE", "")
-    return {name.strip() for name in raw.split(",") if name.strip()}
+    if raw != _disabled_cache[0]:  # parse once per distinct value: this is on every call's path
+        _disabled_cache = (raw, frozenset(name.strip() for name in raw.split(",") if name.strip()))
+    return _disabled_cache[1]
 
 
 def load(name):

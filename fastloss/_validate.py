@@ -111,6 +111,8 @@ def check_labels(labels, n_classes, ignore_index):
     """Raise naming the first label outside [0, C) that is not ignore_index."""
     if labels.size == 0:
         return
+    if labels.min() >= 0 and labels.max() < n_classes:  # the common case: two cheap reductions
+        return
     bad = ((labels < 0) | (labels >= n_classes)) & (labels != ignore_index)
     if bad.any():
         first = int(np.argmax(bad.reshape(-1)))

@@ -178,18 +178,38 @@ def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, s
             # argmax entry: p*A - a = (A - a) - A*q, exact when p rounds to 1
             g[rr, am] = (A - a[rr, am]) - A * q
         elif op == "softmax_mse":
+            # With u = w (p - t), dl/dz_j = 2 p_j (u_j - sum_k p_k u_k).  The
+            # bracket is tiny when most mass sits on classes tied with the max
+            # ([-40, 0, 0, 0], label 0): summing then subtracting cancels it to
+            # noise.  So split the classes into T (tied with the max: e = 1,
+            # p = p_max) and the rest, and use sum_k p_k = 1:
+            #   u_j - sum p u = p_max (tau u_j - U_T) + (Q u_j - V),
+            # Q = sum_{k not in T} p_k, V = sum_{k not in T} p_k u_k, where the
+            # T part is formed from counts and sums that cancel exactly for a
+            # tied class j (guarded by the stability tests' tied rows).
+            in_t = sh == 0.0
+            tau = in_t.sum(axis=1)
+            p_max = 1.0 / S
+            Q = np.where(in_t, 0.0, e).sum(axis=1) / S  # 1 - tau p_max, never a difference
             d = p - t
-            d[rr, am] = (1.0 - t[rr, am]) - q  # p_argmax - t without 1 - q rounding
-            wd = wf * d
-            l = (wd * d).sum(axis=1)
-            wdp = wd * p
-            wdp_am = wdp[rr, am].copy()
-            wdp[rr, am] = 0.0
-            d_rest = wdp.sum(axis=1)  # D' = sum over all but the argmax
-            D = d_rest + wdp_am
-            g = 2.0 * p * (wd - D[:, None])
-            # argmax entry: w d - D = w d (1 - p) - D' = w d q - D' (no cancel)
-            g[rr, am] = 2.0 * p[rr, am] * (wd[rr, am] * q - d_rest)
+            # tau == 1: p_max - t = (1 - t) - Q, exact when p_max rounds to 1
+            d = np.where(in_t & (tau == 1)[:, None], (1.0 - t) - Q[:, None], d)
+            u = wf * d
+            l = (u * d).sum(axis=1)
+            V = np.where(in_t, 0.0, p * u).sum(axis=1)
+            W_T = np.where(in_t, wf, 0.0).sum(axis=1)
+            WT_T = np.where(in_t, wf * t, 0.0).sum(axis=1)
+            # U_T = sum_T w (p_max - t) = p_max W_T - WT_T cancels when a tied
+            # class is the label; with tau p_max = 1 - Q it is exactly
+            # (W_T/tau - WT_T) - Q W_T/tau, whose first difference is exact
+            # without weights.
+            w_bar = W_T / tau
+            U_T = (w_bar - WT_T) - Q * w_bar
+            tw = tau[:, None] * wf
+            a_tied = p_max[:, None] * (tw - W_T[:, None]) - (tw * t - WT_T[:, None])
+            a_rest = tau[:, None] * u - U_T[:, None]
+            G = p_max[:, None] * np.where(in_t, a_tied, a_rest) + (Q[:, None] * u - V[:, None])
+            g = 2.0 * p * G
         else:  # pragma: no cover
             raise ValueError(f"unknown softmax op {op!r}")
         l = np.where(skip, 0.0, l)
