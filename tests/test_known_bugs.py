@@ -102,3 +102,24 @@ def test_bug_float64_softmax_mse_grad_5ulp_at_kappa_0(backend):
     _, grad = fastloss.softmax_mse(z, t, reduction="none", return_grad=True, backend=backend)
     exact = oracle.softmax_rows("softmax_mse", z, probs=t)
     assert_contract(grad, exact[1], exact[3], np.float64, what="softmax_mse grad")
+
+
+def test_bug_float64_softmax_mse_argmax_grad_cancels(backend):
+    # argmax entry: 2 p_m (w_m d_m q - D') subtracts 0.2494 - 0.2271 (cancelling
+    # ~3.5 bits the function does not: kappa 1.28): 16-17 ulp > 4 (1 + kappa).
+    z = np.array([[3.027, -3.382, 3.116]])
+    lab = np.array([1])
+    _, grad = fastloss.softmax_mse(z, lab, reduction="none", return_grad=True, backend=backend)
+    exact = oracle.softmax_rows("softmax_mse", z, labels=lab)
+    assert_contract(grad, exact[1], exact[3], np.float64, what="softmax_mse argmax grad")
+
+
+def test_bug_overflow_cast_warns_float16_results(backend):
+    # float16 results are float32 values rounded in _api (astype / rdt.type):
+    # a loss of 360000 is float16 inf (right), but the cast warns.
+    z, y = np.float16([300.0]), np.float16([-300.0])
+    for reduction in ("none", "sum", "mean"):
+        (loss, grad), warns = call_checked(fastloss.mse, z, y, reduction=reduction, return_grad=True,
+                                           backend=backend)
+        assert np.isinf(loss).all() and loss.dtype == np.float16
+        assert warns == [], reduction
