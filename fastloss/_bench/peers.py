@@ -12,7 +12,7 @@ A peer offers
     element's/row's own gradient, as NumPy arrays of the input dtype.
 
 Peers: ``fastloss:<backend>``, ``numpy`` (textbook unfused formulas),
-``torch`` (eager, loss + ``backward()``), ``jax`` (``jit(value_and_grad)``)
+``torch`` (eager, loss + ``backward()``), ``jax`` (``jit(value_and_grad)``; float64 under a scoped ``jax.enable_x64``)
 and ``torch.compile``.  Softmax targets are integer labels.
 """
 from __future__ import annotations
@@ -196,9 +196,13 @@ class Jax:
 
     def __init__(self):
         import jax
-        jax.config.update("jax_enable_x64", True)  # float64 inputs stay float64
         self.jax = jax
         self._cache = {}
+
+    def _x64(self, dtype):
+        """float64 inputs run under ``jax.enable_x64`` (scoped: the global flag stays as it is)."""
+        import contextlib
+        return self.jax.enable_x64(True) if np.dtype(dtype) == np.float64 else contextlib.nullcontext()
 
     def _jitted(self, op, kind):
         key = (op, kind)
@@ -214,13 +218,19 @@ class Jax:
     def prepare(self, op, z, y, grad=True):
         jax = self.jax
         f = self._jitted(op, "fused" if grad else "fwd")
-        zj, yj = jax.device_put(z), jax.device_put(y)
-        return lambda: jax.block_until_ready(f(zj, yj))
+        with self._x64(z.dtype):
+            zj, yj = jax.device_put(z), jax.device_put(y)
+
+        def run():
+            with self._x64(z.dtype):
+                return jax.block_until_ready(f(zj, yj))
+        return run
 
     def pointwise(self, op, z, y):
-        loss = self._jitted(op, "none")(z, y)
-        grad = self._jitted(op, "grad_none")(z, y)
-        return np.asarray(loss), np.asarray(grad)
+        with self._x64(z.dtype):
+            loss = self._jitted(op, "none")(z, y)
+            grad = self._jitted(op, "grad_none")(z, y)
+            return np.asarray(loss), np.asarray(grad)
 
 
 # --------------------------------------------------------------------------
