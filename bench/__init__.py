@@ -1,0 +1,1 @@
+"""Benchmark suite (a package so its module names never clash with tests/ under --doctest-modules)."""
