@@ -39,6 +39,14 @@ import numpy as np
 DPS = 60
 
 
+#: The stability contract's accuracy bound: a per-element/per-row result is
+#: within ``CONTRACT_ULPS[dtype] * (1 + kappa)`` ulp of the exact value.
+#: float16/float32 are computed in float64 and rounded once (~0.5 ulp); float64
+#: has no wider type to compute in and the stable formulas chain up to ~10
+#: roundings (softmax_mse's argmax entry: 17 ulp at kappa 1.28), hence 8.
+CONTRACT_ULPS = {"float16": 4.0, "float32": 4.0, "float64": 8.0}
+
+
 def _mp():
     import mpmath
 
@@ -204,6 +212,29 @@ def _row_limit(op, z, a, t, w):
     return l, [2 * p[k] * (w[k] * d[k] - D) for k in range(C)]
 
 
+def _smse(mp, d, t, w, live):
+    """softmax_mse on shifted logits d (max entries 0): (loss, grad, p - t, w (p - t)).
+
+    u_j - sum_k p_k u_k is summed as sum_k p_k (u_j - u_k) (sum p = 1): the
+    pairwise differences vanish exactly for tied classes, so rows like
+    [-1e18, 0, 0, 0] keep their e^-1e18-sized gradient instead of noise from
+    subtracting two O(1) sums.
+    """
+    C = len(d)
+    e = [mp.exp(d[k]) if k in live else mp.mpf(0) for k in range(C)]
+    top = [k for k in live if d[k] == 0]
+    s1 = sum(e[k] for k in range(C) if k not in top)  # mass off the max, exact
+    S = len(top) + s1
+    p = [ek / S for ek in e]
+    dd = [p[k] - t[k] for k in range(C)]
+    if len(top) == 1:  # p_argmax - t = (1 - t) - s1/S without rounding 1 - q
+        dd[top[0]] = (1 - t[top[0]]) - s1 / S
+    wd = [w[k] * dd[k] for k in range(C)]
+    l = sum(wd[k] * dd[k] for k in range(C))
+    g = [2 * p[j] * sum(p[k] * (wd[j] - wd[k]) for k in range(C) if k != j) for j in range(C)]
+    return l, g, dd, wd
+
+
 def _row(mp, op, zr, t_f, w_f, has_probs, has_w):
     """One valid row: (loss, grad list, loss_cond, grad_cond list)."""
     C = len(zr)
@@ -256,35 +287,30 @@ def _row(mp, op, zr, t_f, w_f, has_probs, has_w):
             aj = p[j] * Aabs + mult * abs(a[j]) * (one_minus - p[j])
             gt.append([zj, aj])
     else:  # softmax_mse
-        dd = [p[k] - t[k] for k in range(C)]
-        dd[am] = (1 - t[am]) - q  # p_argmax - t without rounding 1 - q
-        wd = [w[k] * dd[k] for k in range(C)]
-        l = sum(wd[k] * dd[k] for k in range(C))
-        D = sum(wd[k] * p[k] for k in range(C))
-        g = [2 * p[k] * (wd[k] - D) for k in range(C)]
-        d_rest = sum(wd[k] * p[k] for k in range(C) if k != am)
-        g[am] = 2 * p[am] * (wd[am] * q - d_rest)  # w d - D without cancellation
+        l, g, dd, wd = _smse(mp, d, t, w, live)
         lt = [d[k] * g[k] for k in live]
         lt += [-2 * t[k] * wd[k] for k in soft]
         if has_w:
             lt += [wd[k] * dd[k] for k in range(C)]
-        # dD/dz_k = w_k p_k (d_k + p_k) - p_k sum_i w_i p_i (d_i + p_i)
-        M = sum(w[i] * p[i] * (dd[i] + p[i]) for i in range(C))
-        dD = [w[k] * p[k] * (dd[k] + p[k]) - p[k] * M for k in range(C)]
-        gt = []
-        for j in range(C):
-            terms = []
-            for k in live:
-                if k == am:
-                    continue  # d_am = 0: the shift coordinate is exact
-                dpj = p[j] * ((1 if j == k else 0) - p[k])
-                dg = 2 * dpj * (wd[j] - D) + 2 * p[j] * (w[j] * dpj - dD[k])
-                terms.append(d[k] * dg)
-            # dg_j/dt_k = 2 p_j (w_k p_k - w_j delta_jk)
-            terms += [t[k] * 2 * p[j] * (w[k] * p[k] - (w[j] if j == k else 0)) for k in soft]
-            if has_w:  # dg_j/dw_k = 2 p_j (delta_jk d_j - d_k p_k)
-                terms += [w[k] * 2 * p[j] * ((dd[j] if j == k else 0) - dd[k] * p[k]) for k in range(C)]
-            gt.append(terms)
+        # The gradient's partial derivatives cancel like the gradient itself
+        # (rows [-240, 31] need ~240 digits), so differentiate the accurate
+        # pairwise form numerically instead: x_k dg_j/dx_k by central
+        # differences with relative step 1e-25 at 60 digits.
+        h = mp.mpf("1e-25")
+        coords = [("d", k) for k in live if d[k] != 0] + [("t", k) for k in soft] \
+            + ([("w", k) for k in range(C)] if has_w else [])
+        gt = [[] for _ in range(C)]
+        for kind, k in coords:
+            src = {"d": d, "t": t, "w": w}[kind]
+            x = src[k]
+            parts = []
+            for sign in (1, -1):
+                src[k] = x * (1 + sign * h)
+                args = (d, t, w)
+                parts.append(_smse(mp, *args, live)[1])
+            src[k] = x
+            for j in range(C):
+                gt[j].append((parts[0][j] - parts[1][j]) / (2 * h))
     return float(l), [float(v) for v in g], _cond(lt, l), [_cond(gt[j], g[j]) for j in range(C)]
 
 

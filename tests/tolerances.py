@@ -11,18 +11,11 @@ import numpy as np
 from fastloss import oracle
 
 #: Contract bound against the 60-digit oracle: err <= ORACLE_ULPS[dtype] *
-#: (1 + kappa) ulp, per element/row (README, stability contract).
-ORACLE_ULPS = {
-    # float16/float32 are computed in float64 and rounded once: ~0.5 ulp, the
-    # contract's 4 leaves room only for the float64 work's own rounding.
-    np.dtype(np.float16): 4.0,
-    np.dtype(np.float32): 4.0,
-    # float64 has no wider type to compute in: the stable formulas chain up
-    # to ~10 roundings (softmax_mse's argmax entry: 17 ulp at kappa 1.28,
-    # test_regressions.py), so the bound is 8, stated in the README; raised
-    # from 4 deliberately, not to hide a defect (no NaN/zero allowance moves).
-    np.dtype(np.float64): 8.0,
-}
+#: (1 + kappa) ulp, per element/row.  The numbers live with the oracle
+#: (fastloss.oracle.CONTRACT_ULPS, also used by the stability benchmark and
+#: stated in the README): 4 for float16/float32, 8 for float64 (no wider type
+#: to compute in; test_regressions.py shows the 17-ulp-at-kappa-1.28 case).
+ORACLE_ULPS = {np.dtype(k): v for k, v in oracle.CONTRACT_ULPS.items()}
 
 #: Backend vs the float64 NumPy reference, per dtype.
 #: rtol: relative error of one element; atol: absolute error as a fraction of
