@@ -1,0 +1,85 @@
+"""The ``"numba"`` backend: fused, parallel, vectorised CPU kernels.
+
+Implements the backend kernel interface of :mod:`fastloss.reference`.
+Kernels live in :mod:`.elementwise` and :mod:`.softmax` (plain loops), the
+scalar math they share in :mod:`._math`, compile/threading machinery in
+:mod:`._jit`.  Options travel as runtime scalars and absent arrays as empty
+arrays, so one compiled signature per dtype serves every option.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _jit
+from . import elementwise as _ew
+from . import softmax as _sm
+
+NAME = "numba"
+
+_EW_OPS = {"mse": _ew.MSE, "sigmoid_mse": _ew.SIGMOID_MSE, "sigmoid_bce": _ew.SIGMOID_BCE}
+_SM_OPS = {"softmax_cross_entropy": _sm.CE, "softmax_mse": _sm.SMSE}
+#: below these sizes a second thread costs more than it saves (measured:
+#: see bench notes in the module docstring of :mod:`.elementwise`)
+SERIAL_ELEMENTS = 2 * _ew.CHUNK
+SERIAL_SOFTMAX = 1 << 15
+# float32 gradient rows hold exp(z - m) * 2**100: an e below float32's normal
+# range stays exact until the final rescale (2**100 * 1 cannot overflow).
+_ESC = {np.dtype(np.float32): 2.0 ** 100, np.dtype(np.float64): 1.0}
+_EMPTY1 = {}
+_EMPTY2 = {}
+
+
+def _e1(dt):
+    a = _EMPTY1.get(dt)
+    if a is None:
+        a = _EMPTY1[dt] = np.empty(0, dt)
+    return a
+
+
+def _e2(dt):
+    a = _EMPTY2.get(dt)
+    if a is None:
+        a = _EMPTY2[dt] = np.empty((0, 0), dt)
+    return a
+
+
+_NO_LABELS = np.empty(0, np.int64)
+
+
+def check_available():
+    """Raise if numba cannot compile and run here (smallest real call)."""
+    z = np.zeros(1)
+    elementwise("mse", z, z, None, None, None, None, 1.0)
+
+
+def elementwise(op, z, y, w, pw, grad, loss, scale):
+    """Fused elementwise loss; see :mod:`fastloss.reference` for the contract."""
+    dt = z.dtype
+    e = _e1(dt)
+    n = z.size
+    partial = np.empty(-(-n // _ew.CHUNK))
+    args = (_EW_OPS[op], z, y, e if w is None else w, e if pw is None else pw,
+            e if grad is None else grad, e if loss is None else loss, float(scale), partial)
+    if n <= SERIAL_ELEMENTS:
+        _ew.elementwise_serial(*args)
+    else:
+        with _jit.run_lock():
+            _ew.elementwise_parallel(*args)
+    total = 0.0
+    for v in partial:  # chunk order is fixed: same bits for any thread count
+        total += v
+    return total
+
+
+def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale):
+    """Fused softmax-row loss; see :mod:`fastloss.reference` for the contract."""
+    dt = z.dtype
+    args = (_SM_OPS[op], z, _NO_LABELS if labels is None else labels,
+            _e2(dt) if probs is None else probs, _e1(dt) if w is None else w,
+            int(ignore_index), float(smoothing), _e2(dt) if grad is None else grad,
+            loss, float(scale), _ESC[dt])
+    if z.size <= SERIAL_SOFTMAX or z.shape[0] == 1:
+        _sm.softmax_serial(*args)
+    else:
+        with _jit.run_lock():
+            _sm.softmax_parallel(*args)

@@ -1,0 +1,97 @@
+"""JIT machinery in one place: decorators, cache fallback, threading layer.
+
+Kernels elsewhere in this package are plain loops; everything about how they
+are compiled and run (caching, parallel layer, locks) lives here.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+
+import numba
+
+# error_model="numpy": the default "python" model adds a zero-division check
+# to every '/' and that branch blocks LLVM's loop vectoriser.
+_OPTS = dict(error_model="numpy", nogil=True)
+
+
+def _cached(dispatcher_factory, fn):
+    """Compile ``fn`` with ``cache=True``; without caching if that is impossible.
+
+    numba raises at decoration time when no cache locator is usable (read-only
+    package dir and no writable ``NUMBA_CACHE_DIR``): fall back to in-memory
+    JIT rather than failing the import.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", numba.NumbaWarning)
+            return dispatcher_factory(cache=True)(fn)
+    except Exception:  # RuntimeError("cannot cache ..."), NumbaWarning
+        return dispatcher_factory(cache=False)(fn)
+
+
+def jit(fn):
+    """Serial helper, inlined into callers by LLVM (not cached on its own)."""
+    return numba.njit(**_OPTS)(fn)
+
+
+def jit_reassoc(fn):
+    """Helper whose additions LLVM may reassociate (compile-time fixed order)."""
+    return numba.njit(fastmath={"reassoc"}, **_OPTS)(fn)
+
+
+def kernel(fn):
+    """Serial cached kernel."""
+    return _cached(lambda **kw: numba.njit(**_OPTS, **kw), fn)
+
+
+def parallel_kernel(fn):
+    """Cached kernel whose ``prange`` loops run on numba's thread pool."""
+    return _cached(lambda **kw: numba.njit(parallel=True, **_OPTS, **kw), fn)
+
+
+# --------------------------------------------------------------------------
+# threading layer: fork safety and thread safety
+# --------------------------------------------------------------------------
+def _choose_threading_layer():
+    """Prefer a fork-safe layer unless the user (or someone earlier) chose.
+
+    GNU OpenMP (numba's 'omp' on Linux) hangs a process that forks after a
+    parallel region (PyTorch DataLoader workers).  'forksafe' makes numba take
+    TBB when installed, else its own 'workqueue'.
+    """
+    from numba.np.ufunc import parallel
+
+    if "NUMBA_THREADING_LAYER" in os.environ or parallel._is_initialized:
+        return
+    if str(numba.config.THREADING_LAYER).lower() == "default":
+        numba.config.THREADING_LAYER = "forksafe"
+
+
+_choose_threading_layer()
+_run_lock = threading.Lock()
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_NO_LOCK = _NoLock()
+
+
+def run_lock():
+    """A lock around parallel calls when the active layer is not thread-safe.
+
+    numba's 'workqueue' aborts the process on concurrent launches from two
+    Python threads; TBB and OpenMP are thread-safe and need no lock.
+    """
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # not initialised yet: first parallel call decides
+        return _run_lock
+    return _run_lock if layer == "workqueue" else _NO_LOCK
