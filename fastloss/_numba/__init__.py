@@ -1,7 +1,7 @@
 """The ``"numba"`` backend: fused, parallel, vectorised CPU kernels.
 
 Implements the backend kernel interface of :mod:`fastloss.reference`.
-Kernels live in :mod:`.elementwise` and :mod:`.softmax` (plain loops), the
+Kernels live in :mod:`._elementwise` and :mod:`._softmax` (plain loops), the
 scalar math they share in :mod:`._math`, compile/threading machinery in
 :mod:`._jit`.  Options travel as runtime scalars and absent arrays as empty
 arrays, so one compiled signature per dtype serves every option.
@@ -11,15 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import _jit
-from . import elementwise as _ew
-from . import softmax as _sm
+from . import _elementwise as _ew
+from . import _softmax as _sm
 
 NAME = "numba"
 
-_EW_OPS = {"mse": _ew.MSE, "sigmoid_mse": _ew.SIGMOID_MSE, "sigmoid_bce": _ew.SIGMOID_BCE}
 _SM_OPS = {"softmax_cross_entropy": _sm.CE, "softmax_mse": _sm.SMSE}
 #: below these sizes a second thread costs more than it saves (measured:
-#: see bench notes in the module docstring of :mod:`.elementwise`)
+#: see bench notes in the module docstring of :mod:`._elementwise`)
 SERIAL_ELEMENTS = 2 * _ew.CHUNK
 SERIAL_SOFTMAX = 1 << 15
 # float32 gradient rows hold exp(z - m) * 2**100: an e below float32's normal
@@ -58,13 +57,14 @@ def elementwise(op, z, y, w, pw, grad, loss, scale):
     e = _e1(dt)
     n = z.size
     partial = np.empty(-(-n // _ew.CHUNK))
-    args = (_EW_OPS[op], z, y, e if w is None else w, e if pw is None else pw,
+    serial, parallel = _ew.KERNELS[op]
+    args = (z, y, e if w is None else w, e if pw is None else pw,
             e if grad is None else grad, e if loss is None else loss, float(scale), partial)
     if n <= SERIAL_ELEMENTS:
-        _ew.elementwise_serial(*args)
+        serial(*args)
     else:
         with _jit.run_lock():
-            _ew.elementwise_parallel(*args)
+            parallel(*args)
     total = 0.0
     for v in partial:  # chunk order is fixed: same bits for any thread count
         total += v
