@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import jit, kernel, parallel_kernel
+from ._jit import jit, jit_inline, kernel, parallel_kernel
 from ._math import log1p01, mul0, sigmoid_pair
 
 BLOCK = 1024
@@ -53,87 +53,115 @@ def _block_sum(buf, nb):
     return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
 
 
-def _make(op):
-    """Kernels for one op: ``op`` is a compile-time constant, so its branches fold."""
-
-    @jit
-    def chunk(z, y, w, pw, grad, loss, scale, c):
-        """Process chunk ``c``; return its float64 loss sum."""
-        n = z.size
-        i_lo = c * CHUNK
-        i_hi = min(n, i_lo + CHUNK)
-        lb = np.empty(BLOCK)  # per-element losses of one block (float64)
-        # Block weights in z's dtype: the loop reads src[off + t] from one
-        # array either way, with no conditional load to block vectorising.
-        wb = np.ones(BLOCK, z.dtype)  # 1.0 multiplies exactly
-        pb = np.ones(BLOCK, z.dtype)
-        full_w = w.size == n
-        full_pw = pw.size == n
-        has_g = grad.size > 0
-        has_l = loss.size > 0
-        c2 = 2.0 * scale  # MSE factor 2 folded into the scale
-        acc = 0.0
-        for b0 in range(i_lo, i_hi, BLOCK):
-            nb = min(BLOCK, i_hi - b0)
-            if w.size > 0 and not full_w:
-                _fill_periodic(wb, w, b0, nb)
-            if pw.size > 0 and not full_pw:
-                _fill_periodic(pb, pw, b0, nb)
-            # Block views indexed from 0: LLVM then sees consecutive addresses
-            # (with i = b0 + t numba's negative-index wraparound forces gathers).
-            zb = z[b0:b0 + nb]
-            yb = y[b0:b0 + nb]
-            wv = w[b0:b0 + nb] if full_w else wb
-            pv = pw[b0:b0 + nb] if full_pw else pb
-            gb = grad[b0:b0 + nb] if has_g else grad
-            lv = loss[b0:b0 + nb] if has_l else loss
-            for t in range(nb):
-                zi = np.float64(zb[t])
-                yi = np.float64(yb[t])
-                wi = np.float64(wv[t])
-                if op == MSE:
-                    d = zi - yi
-                    li = d * d
-                    gi = c2 * d
-                elif op == SIGMOID_MSE:
-                    s, sn, _ = sigmoid_pair(zi)
-                    # z >= 0: (1 - y) is exact near y = 1 and keeps sigmoid(-z)
-                    r = ((1.0 - yi) - sn) if zi >= 0 else (s - yi)
-                    li = r * r
-                    gi = ((c2 * r) * s) * sn  # tiny s*sn last: no early underflow
-                else:
-                    s, sn, e = sigmoid_pair(zi)
-                    ai = np.float64(pv[t]) * yi
-                    bi = 1.0 - yi
-                    l1 = log1p01(e)  # softplus(+-z) = max(+-z, 0) + log1p(exp(-|z|))
-                    sp_neg = (-zi if zi < 0 else 0.0) + l1
-                    sp_pos = (zi if zi > 0 else 0.0) + l1
-                    li = mul0(ai, sp_neg) + mul0(bi, sp_pos)  # terms >= 0: no cancel
-                    gi = scale * (bi * s - ai * sn)  # exact limits at +-inf
-                li = mul0(wi, li)
-                gi = mul0(wi, gi)
-                lb[t] = li
-                if has_g:
-                    gb[t] = gi  # z[i] was read above: grad may alias z
-                if has_l:
-                    lv[t] = li
-            acc += _block_sum(lb, nb)
-        return acc
-
-    @kernel
-    def serial(z, y, w, pw, grad, loss, scale, partial):
-        """All chunks in order on the calling thread."""
-        for c in range(partial.size):
-            partial[c] = chunk(z, y, w, pw, grad, loss, scale, c)
-
-    @parallel_kernel
-    def parallel(z, y, w, pw, grad, loss, scale, partial):
-        """Chunks over numba's threads; the same per-chunk sums as serial."""
-        for c in prange(partial.size):
-            partial[c] = chunk(z, y, w, pw, grad, loss, scale, c)
-
-    return serial, parallel
+@jit_inline
+def _chunk(op, z, y, w, pw, grad, loss, scale, c):
+    """Process chunk ``c``; return its float64 loss sum."""
+    n = z.size
+    i_lo = c * CHUNK
+    i_hi = min(n, i_lo + CHUNK)
+    lb = np.empty(BLOCK)  # per-element losses of one block (float64)
+    # Block weights in z's dtype: the loop reads src[off + t] from one
+    # array either way, with no conditional load to block vectorising.
+    wb = np.ones(BLOCK, z.dtype)  # 1.0 multiplies exactly
+    pb = np.ones(BLOCK, z.dtype)
+    full_w = w.size == n
+    full_pw = pw.size == n
+    has_g = grad.size > 0
+    has_l = loss.size > 0
+    c2 = 2.0 * scale  # MSE factor 2 folded into the scale
+    acc = 0.0
+    for b0 in range(i_lo, i_hi, BLOCK):
+        nb = min(BLOCK, i_hi - b0)
+        if w.size > 0 and not full_w:
+            _fill_periodic(wb, w, b0, nb)
+        if pw.size > 0 and not full_pw:
+            _fill_periodic(pb, pw, b0, nb)
+        # Block views indexed from 0: LLVM then sees consecutive addresses
+        # (with i = b0 + t numba's negative-index wraparound forces gathers).
+        zb = z[b0:b0 + nb]
+        yb = y[b0:b0 + nb]
+        wv = w[b0:b0 + nb] if full_w else wb
+        pv = pw[b0:b0 + nb] if full_pw else pb
+        gb = grad[b0:b0 + nb] if has_g else grad
+        lv = loss[b0:b0 + nb] if has_l else loss
+        for t in range(nb):
+            zi = np.float64(zb[t])
+            yi = np.float64(yb[t])
+            wi = np.float64(wv[t])
+            if op == MSE:
+                d = zi - yi
+                li = d * d
+                gi = c2 * d
+            elif op == SIGMOID_MSE:
+                s, sn, _ = sigmoid_pair(zi)
+                # z >= 0: (1 - y) is exact near y = 1 and keeps sigmoid(-z)
+                r = ((1.0 - yi) - sn) if zi >= 0 else (s - yi)
+                li = r * r
+                gi = ((c2 * r) * s) * sn  # tiny s*sn last: no early underflow
+            else:
+                s, sn, e = sigmoid_pair(zi)
+                ai = np.float64(pv[t]) * yi
+                bi = 1.0 - yi
+                l1 = log1p01(e)  # softplus(+-z) = max(+-z, 0) + log1p(exp(-|z|))
+                sp_neg = (-zi if zi < 0 else 0.0) + l1
+                sp_pos = (zi if zi > 0 else 0.0) + l1
+                li = mul0(ai, sp_neg) + mul0(bi, sp_pos)  # terms >= 0: no cancel
+                gi = scale * (bi * s - ai * sn)  # exact limits at +-inf
+            li = mul0(wi, li)
+            gi = mul0(wi, gi)
+            lb[t] = li
+            if has_g:
+                gb[t] = gi  # z[i] was read above: grad may alias z
+            if has_l:
+                lv[t] = li
+        acc += _block_sum(lb, nb)
+    return acc
 
 
-KERNELS = {name: _make(op) for name, op in
-           (("mse", MSE), ("sigmoid_mse", SIGMOID_MSE), ("sigmoid_bce", SIGMOID_BCE))}
+# One kernel per op, each passing its op as a constant: after inlining the
+# op branches fold, and every kernel is a separate top-level function so
+# numba's on-disk cache keeps one entry per op (factory closures share a
+# qualified name and would collide in the cache index).
+@kernel
+def mse_serial(z, y, w, pw, grad, loss, scale, partial):
+    """All chunks in order on the calling thread."""
+    for c in range(partial.size):
+        partial[c] = _chunk(MSE, z, y, w, pw, grad, loss, scale, c)
+
+
+@parallel_kernel
+def mse_parallel(z, y, w, pw, grad, loss, scale, partial):
+    """Chunks over numba's threads; the same per-chunk sums as serial."""
+    for c in prange(partial.size):
+        partial[c] = _chunk(MSE, z, y, w, pw, grad, loss, scale, c)
+
+
+@kernel
+def sigmoid_mse_serial(z, y, w, pw, grad, loss, scale, partial):
+    for c in range(partial.size):
+        partial[c] = _chunk(SIGMOID_MSE, z, y, w, pw, grad, loss, scale, c)
+
+
+@parallel_kernel
+def sigmoid_mse_parallel(z, y, w, pw, grad, loss, scale, partial):
+    for c in prange(partial.size):
+        partial[c] = _chunk(SIGMOID_MSE, z, y, w, pw, grad, loss, scale, c)
+
+
+@kernel
+def sigmoid_bce_serial(z, y, w, pw, grad, loss, scale, partial):
+    for c in range(partial.size):
+        partial[c] = _chunk(SIGMOID_BCE, z, y, w, pw, grad, loss, scale, c)
+
+
+@parallel_kernel
+def sigmoid_bce_parallel(z, y, w, pw, grad, loss, scale, partial):
+    for c in prange(partial.size):
+        partial[c] = _chunk(SIGMOID_BCE, z, y, w, pw, grad, loss, scale, c)
+
+
+KERNELS = {
+    "mse": (mse_serial, mse_parallel),
+    "sigmoid_mse": (sigmoid_mse_serial, sigmoid_mse_parallel),
+    "sigmoid_bce": (sigmoid_bce_serial, sigmoid_bce_parallel),
+}

@@ -36,6 +36,11 @@ def jit(fn):
     return numba.njit(**_OPTS)(fn)
 
 
+def jit_inline(fn):
+    """Helper inlined at numba-IR level: constant arguments fold its branches."""
+    return numba.njit(inline="always", **_OPTS)(fn)
+
+
 def jit_reassoc(fn):
     """Helper whose additions LLVM may reassociate (compile-time fixed order)."""
     return numba.njit(fastmath={"reassoc"}, **_OPTS)(fn)
