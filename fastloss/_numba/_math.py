@@ -115,3 +115,4 @@ def add_reassoc(a, b):
     bitwise reproducible for any thread count.
     """
     return a + b
+

@@ -1,10 +1,14 @@
-"""Softmax row losses: per row a max pass, an exp pass, a gradient pass.
+"""Softmax row losses: a max pass, an exp pass, a gradient pass per row.
 
-The exp pass stores ``exp(z - m)`` in the gradient row (the row stays in
-cache) while it accumulates ``S'`` (the exp-sum without the first argmax)
-and the loss terms; the last pass rescales those values in place.  Every
-value of z a later pass needs is read before the row is overwritten, so the
-gradient may alias ``z``.  Formulas mirror :func:`fastloss.reference.softmax_rows`.
+Each row is first copied into its work row (the gradient row itself, or a
+scratch row when no gradient is asked) during the max pass; every later pass
+reads and writes that one row, which stays in cache.  So the gradient may
+alias ``z``, and because a loop that reads and writes the same array needs
+no aliasing check, LLVM takes the same vectorised loop (the same summation
+order) in place or not: results are bitwise identical either way.  The exp
+pass stores ``exp(z - m)`` while it accumulates ``S'`` (the exp-sum without
+the first argmax) and the loss terms; the last pass rescales in place.
+Formulas mirror :func:`fastloss.reference.softmax_rows`.
 """
 from __future__ import annotations
 
@@ -13,27 +17,73 @@ import math
 import numpy as np
 from numba import prange
 
-from ._jit import jit, kernel, parallel_kernel
+from ._jit import jit, jit_inline, kernel, parallel_kernel
 from ._math import add_reassoc, exp, mul0
 
 CE, SMSE = 0, 1
 _NAN = np.nan
 _INF = np.inf
+_FIND = 16  # argmax search: test 16 entries at once, then scan that block
 
 
 @jit
-def _row_max(z, r, C):
-    """First argmax, max and NaN flag of row ``r``."""
-    m = -_INF
+def _max8(x):
+    """Max of ``x`` (NaN-free) with 8 independent chains: LLVM will not
+    vectorise a float max reduction, but 8 chains hide its latency."""
+    C = x.size
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -_INF
+    k = 0
+    while k + 8 <= C:
+        v0 = np.float64(x[k])
+        v1 = np.float64(x[k + 1])
+        v2 = np.float64(x[k + 2])
+        v3 = np.float64(x[k + 3])
+        v4 = np.float64(x[k + 4])
+        v5 = np.float64(x[k + 5])
+        v6 = np.float64(x[k + 6])
+        v7 = np.float64(x[k + 7])
+        m0 = v0 if v0 > m0 else m0
+        m1 = v1 if v1 > m1 else m1
+        m2 = v2 if v2 > m2 else m2
+        m3 = v3 if v3 > m3 else m3
+        m4 = v4 if v4 > m4 else m4
+        m5 = v5 if v5 > m5 else m5
+        m6 = v6 if v6 > m6 else m6
+        m7 = v7 if v7 > m7 else m7
+        k += 8
+    while k < C:
+        v = np.float64(x[k])
+        m0 = v if v > m0 else m0
+        k += 1
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
+@jit
+def _copy_max(zr, wr):
+    """Copy ``zr`` into ``wr``; return (max, first argmax, has NaN)."""
+    C = zr.size
+    nans = 0
+    for k in range(C):  # vectorised: copy (a no-op in place) and count NaNs
+        v = zr[k]
+        wr[k] = v
+        nans += v != v
+    if nans:
+        return _NAN, 0, True
+    m = _max8(wr)
+    if m == -_INF:
+        return m, 0, False
     am = 0
-    bad = False
-    for k in range(C):
-        v = np.float64(z[r, k])
-        if v > m:
-            m = v
-            am = k
-        bad |= v != v
-    return m, am, bad
+    for b0 in range(0, C, _FIND):  # first index holding m, 16 at a time
+        b1 = min(C, b0 + _FIND)
+        hit = False
+        for k in range(b0, b1):
+            hit |= np.float64(wr[k]) == m
+        if hit:
+            am = b0
+            while np.float64(wr[am]) != m:
+                am += 1
+            break
+    return m, am, False
 
 
 @jit
@@ -45,40 +95,38 @@ def _shift(v, m, inf_row):
 
 
 @jit
-def _row(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc, r):
-    """Loss (and gradient when ``grad`` is non-empty) of row ``r``."""
-    C = z.shape[1]
-    has_g = grad.shape[0] > 0
+def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale, esc):
+    """Loss of row ``r`` into ``loss[r]``; its gradient into ``wr`` if ``has_g``."""
+    C = zr.size
     has_w = w.size > 0
     use_p = probs.shape[0] > 0
     y = -1 if use_p else labels[r]
-    m, am, bad = _row_max(z, r, C)
+    m, am, bad = _copy_max(zr, wr)
     if bad or (not use_p and y == ignore_index) or m == -_INF:
         # NaN row -> NaN (wins over ignore); ignored / all-masked row -> 0
         fill = _NAN if bad else 0.0
         loss[r] = fill
         if has_g:
             for k in range(C):
-                grad[r, k] = fill
+                wr[k] = fill
         return
     inf_row = m == _INF
     cw = eps / C  # smoothing mass per class (0.0 without smoothing)
-    sm = 1.0 - eps
-    # label entry, read before the row can be overwritten (grad may be z)
-    sh_y = _shift(np.float64(z[r, y]), m, inf_row) if y >= 0 else 0.0
+    # label entry, read before the row is overwritten (wr may be z's row)
+    sh_y = _shift(np.float64(wr[y]), m, inf_row) if y >= 0 else 0.0
     w_y = (np.float64(w[y]) if has_w else 1.0) if y >= 0 else 0.0
-    a_y = (sm + cw) * w_y  # t_y * w_y; t_y = 1 * (1 - eps) + eps / C
-    # ---- pass 2: e = exp(z - m) into the grad row, sums S', A, T
+    a_y = ((1.0 - eps) + cw) * w_y  # t_y w_y with t_y = 1 (1 - eps) + eps / C
+    # ---- exp pass: e = exp(z - m) in place, sums S', A, T
     s1 = 0.0  # S' = sum of e over all but the argmax: S = 1 + S'
     A = 0.0  # sum of weighted targets a_k
-    T = 0.0  # sum of a_k * (z_k - m), 0 * -inf := 0
+    T = 0.0  # sum of a_k (z_k - m), with 0 * -inf := 0
+    sums = use_p or eps != 0.0
     for k in range(C):
-        sh = _shift(np.float64(z[r, k]), m, inf_row)
+        sh = _shift(np.float64(wr[k]), m, inf_row)
         e = exp(sh)
-        if has_g:
-            grad[r, k] = e * esc  # scaled for float32: keeps tiny e normal
+        wr[k] = e * esc  # float32 rows hold e * 2**100: tiny e stays normal
         s1 = add_reassoc(s1, e if k != am else 0.0)
-        if use_p or eps != 0.0:
+        if sums:
             wk = np.float64(w[k]) if has_w else 1.0
             if use_p:
                 ak = np.float64(probs[r, k]) * wk
@@ -91,37 +139,32 @@ def _row(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc, r):
         T += mul0(a_y, sh_y)
     S = 1.0 + s1
     q = s1 / S  # 1 - p_argmax, never formed as a difference
+    inv_esc = 1.0 / esc
     if op == CE:
         # -sum a log p = A log S - sum a (z - m): two terms >= 0, no cancel
         loss[r] = A * math.log1p(s1) - T
         if not has_g:
             return
-        # ---- pass 3: g = (p A - a) * scale, rescaling e in place
-        inv_esc = 1.0 / esc
+        # ---- gradient pass: g = (p A - a) scale, rescaling e in place
         for k in range(C):
-            p = (np.float64(grad[r, k]) * inv_esc) / S
-            if use_p:
-                ak = np.float64(probs[r, k]) * (np.float64(w[k]) if has_w else 1.0)
-            else:
-                ak = cw * (np.float64(w[k]) if has_w else 1.0)
-            grad[r, k] = (p * A - ak) * scale
+            p = (np.float64(wr[k]) * inv_esc) / S
+            wk = np.float64(w[k]) if has_w else 1.0
+            ak = np.float64(probs[r, k]) * wk if use_p else cw * wk
+            wr[k] = (p * A - ak) * scale
         if y >= 0 and y != am:
-            p_y = exp(sh_y) / S  # z_y was overwritten: recompute from sh_y
-            grad[r, y] = (p_y * A - a_y) * scale
-        a_am = a_y if am == y else (np.float64(probs[r, am]) if use_p else cw) * (np.float64(w[am]) if has_w else 1.0)
+            wr[y] = ((exp(sh_y) / S) * A - a_y) * scale  # a_y differs from cw w_y
+        if am == y:
+            a_am = a_y
+        else:
+            a_am = (np.float64(probs[r, am]) if use_p else cw) * (np.float64(w[am]) if has_w else 1.0)
         # argmax entry: p A - a = (A - a) - A q, exact when p rounds to 1
-        grad[r, am] = ((A - a_am) - A * q) * scale
+        wr[am] = ((A - a_am) - A * q) * scale
         return
-    # ---- softmax_mse: pass 3 sums l and D' from p, pass 4 writes the gradient
+    # ---- softmax_mse: sum l and D' from p, then write the gradient
     l = 0.0
     d_rest = 0.0  # D' = sum of w d p over all but the argmax
-    inv_esc = 1.0 / esc
     for k in range(C):
-        if has_g:
-            e = np.float64(grad[r, k]) * inv_esc
-        else:
-            e = exp(_shift(np.float64(z[r, k]), m, inf_row))
-        p = e / S
+        p = (np.float64(wr[k]) * inv_esc) / S
         tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
         d = p - tk
         wd = (np.float64(w[k]) if has_w else 1.0) * d
@@ -137,23 +180,35 @@ def _row(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc, r):
         return
     D = d_rest + wd_am * p_am
     for k in range(C):
-        p = (np.float64(grad[r, k]) * inv_esc) / S
+        p = (np.float64(wr[k]) * inv_esc) / S
         tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
         wd = (np.float64(w[k]) if has_w else 1.0) * (p - tk)
-        grad[r, k] = ((2.0 * p) * (wd - D)) * scale
+        wr[k] = ((2.0 * p) * (wd - D)) * scale
     # argmax entry: w d - D = w d q - D' (no cancellation)
-    grad[r, am] = ((2.0 * p_am) * (wd_am * q - d_rest)) * scale
+    wr[am] = ((2.0 * p_am) * (wd_am * q - d_rest)) * scale
+
+
+@jit_inline
+def _rows(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc, r0, r1):
+    """Rows ``r0:r1``; without a gradient they share one scratch work row."""
+    has_g = grad.shape[0] > 0
+    scratch = np.empty(0 if has_g else z.shape[1], z.dtype)
+    for r in range(r0, r1):
+        wr = grad[r] if has_g else scratch
+        _row(op, z[r], r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale, esc)
 
 
 @kernel
 def softmax_serial(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc):
     """Rows in order on the calling thread."""
-    for r in range(z.shape[0]):
-        _row(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc, r)
+    _rows(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc, 0, z.shape[0])
 
 
 @parallel_kernel
 def softmax_parallel(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc):
-    """Rows spread over numba's threads (each row's result is thread-independent)."""
-    for r in prange(z.shape[0]):
-        _row(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc, r)
+    """Blocks of rows over numba's threads (a row's result is thread-independent)."""
+    R, C = z.shape
+    rb = max(1, 4096 // C)  # rows per task: amortises scheduling for small C
+    for b in prange((R + rb - 1) // rb):
+        _rows(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc,
+              b * rb, min(R, (b + 1) * rb))
