@@ -225,7 +225,7 @@ def test_parallel_paths_match_reference():
     g, g2 = np.empty_like(z), np.empty_like(z)
     tot = B.elementwise("sigmoid_bce", z, y, None, None, g, None, 1.0)
     tot2 = R.elementwise("sigmoid_bce", z, y, None, None, g2, None, 1.0)
-    assert abs(tot - tot2) <= 1e-12 * abs(tot2)
+    assert abs(tot - tot2) <= 1e-8 * abs(tot2)  # float32: per-element float32-grade terms
     _close(g, g2, np.abs(g2) + 1.0, np.float32, "grad")
     z2 = rng.standard_normal((B.SERIAL_SOFTMAX // 50 + 7, 100)) * 5
     labels = rng.integers(0, 100, z2.shape[0])

@@ -56,3 +56,22 @@ def test_log1p01_dense_sweep_within_2_ulp():
     assert _ulps(got[:-1], want[:-1]).max() <= 2
     sub = u[:-1] < 1e-300  # tiny/subnormal inputs come back exactly
     np.testing.assert_array_equal(got[:-1][sub], u[:-1][sub])
+
+
+@numba.njit(error_model="numpy")
+def _f32_all(x, u, ex, lg):
+    for i in range(x.size):
+        ex[i] = M.exp(np.float64(x[i]), True)
+        lg[i] = M.log1p01(np.float64(u[i]), True)
+
+
+def test_float32_series_round_within_1_ulp():
+    """The shorter float32 series: once rounded to float32, within 1 ulp."""
+    x = np.concatenate([np.linspace(-104.0, 88.7, 200_001), -np.logspace(-45, 2, 20_001)]).astype(np.float32)
+    u = np.concatenate([np.linspace(0.0, 1.0, 200_001), np.logspace(-45.5, 0.0, 20_001)]).astype(np.float32)
+    ex, lg = np.empty(x.size), np.empty(u.size)
+    _f32_all(x, u, ex, lg)
+    want_e = np.exp(x.astype(np.float64)).astype(np.float32)
+    want_l = np.log1p(u.astype(np.float64)).astype(np.float32)
+    assert np.abs(ex.astype(np.float32).view(np.int32) - want_e.view(np.int32)).max() <= 1
+    assert np.abs(lg.astype(np.float32).view(np.int32) - want_l.view(np.int32)).max() <= 1

@@ -9,8 +9,10 @@ over the whole domain, subnormal results kept, exact 0/inf/NaN behaviour
 from __future__ import annotations
 
 import numpy as np
+from numba import types
+from numba.extending import overload
 
-from ._jit import jit, jit_reassoc
+from ._jit import jit, jit_fma, jit_reassoc
 
 _LOG2E = 1.4426950408889634
 # ln 2 split so that k * _LN2_HI is exact for |k| < 2**11 (Cody-Waite).
@@ -23,9 +25,24 @@ _LN2 = 0.6931471805599453
 _LN2_TAIL = 2.3190468138462996e-17  # ln 2 - _LN2
 
 
-@jit
-def exp(x):
-    """``exp(x)`` for float64 ``x``, ~1 ulp; 0 below -745.2, inf above 709.8."""
+def is_f32(a):
+    """Whether array ``a`` holds float32 (a compile-time constant in kernels)."""
+    return a.dtype == np.float32
+
+
+@overload(is_f32)
+def _is_f32_impl(a):
+    f32 = isinstance(a, types.Array) and a.dtype == types.float32
+    return lambda a: f32
+
+
+@jit_fma
+def exp(x, f32=False):
+    """``exp(x)`` for float64 ``x``, ~1 ulp; 0 below -745.2, inf above 709.8.
+
+    ``f32=True`` (a constant, for results rounded to float32) stops the
+    series at degree 7: truncation 8e-9 relative, 0.1 float32 ulp.
+    """
     # Clamp first so k stays in range; the clamp values still give the exact
     # limits (exp(-746) rounds to 0, exp(710) overflows), and NaN passes.
     if x < -746.0:
@@ -35,13 +52,16 @@ def exp(x):
     kf = (x * _LOG2E + _ROUND) - _ROUND
     r = (x - kf * _LN2_HI) - kf * _LN2_LO  # |r| <= ln2/2, exact high part
     # Taylor to degree 13: truncation < 0.05 ulp on |r| <= 0.347.
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
+    if f32:
+        p = 1.0 / 5040.0
+    else:
+        p = 1.0 / 6227020800.0
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
     p = p * r + 1.0 / 720.0
     p = p * r + 1.0 / 120.0
     p = p * r + 1.0 / 24.0
@@ -59,9 +79,12 @@ def exp(x):
     return (p * s1) * s2
 
 
-@jit
-def log1p01(u):
-    """``log1p(u)`` for ``u`` in [0, 1] (or NaN), ~1 ulp, exact for subnormal u."""
+@jit_fma
+def log1p01(u, f32=False):
+    """``log1p(u)`` for ``u`` in [0, 1] (or NaN), ~1 ulp, exact for subnormal u.
+
+    ``f32=True`` keeps 6 series terms: truncation 3e-10, for float32 results.
+    """
     # u >= 1/2: log1p(u) = ln2 + log1p(v), v = (u - 1)/2 in [-1/4, 0], exact
     # (Sterbenz).  Keeps |t| <= 0.29 so the series needs 10 terms.
     hi = u >= 0.5
@@ -69,12 +92,15 @@ def log1p01(u):
     # t = 2v/(2+v) = 2 atanh^-1 argument; t == v exactly for tiny/subnormal v.
     t = v / (1.0 + 0.5 * v)
     s2 = 0.25 * t * t
-    q = 1.0 / 23.0
-    q = q * s2 + 1.0 / 21.0
-    q = q * s2 + 1.0 / 19.0
-    q = q * s2 + 1.0 / 17.0
-    q = q * s2 + 1.0 / 15.0
-    q = q * s2 + 1.0 / 13.0
+    if f32:
+        q = 1.0 / 13.0
+    else:
+        q = 1.0 / 23.0
+        q = q * s2 + 1.0 / 21.0
+        q = q * s2 + 1.0 / 19.0
+        q = q * s2 + 1.0 / 17.0
+        q = q * s2 + 1.0 / 15.0
+        q = q * s2 + 1.0 / 13.0
     q = q * s2 + 1.0 / 11.0
     q = q * s2 + 1.0 / 9.0
     q = q * s2 + 1.0 / 7.0
@@ -87,13 +113,13 @@ def log1p01(u):
 
 
 @jit
-def sigmoid_pair(z):
+def sigmoid_pair(z, f32=False):
     """``(sigmoid(z), sigmoid(-z))`` from one ``exp``, each ~1 ulp.
 
     Also returns ``e = exp(-|z|)`` for softplus.  ``sigmoid(-z)`` is never
     ``1 - sigmoid(z)``: that rounds to 0 for z > 37 and zeroes s(1-s).
     """
-    e = exp(-abs(z))  # in [0, 1]: cannot overflow
+    e = exp(-abs(z), f32)  # in [0, 1]: cannot overflow
     big = 1.0 / (1.0 + e)
     small = e * big  # subnormal when e is: kept, not flushed
     if z >= 0:

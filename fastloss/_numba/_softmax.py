@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_inline, kernel, parallel_kernel
-from ._math import add_reassoc, exp, mul0
+from ._math import add_reassoc, exp, is_f32, mul0
 
 CE, SMSE = 0, 1
 _NAN = np.nan
@@ -121,9 +121,10 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     A = 0.0  # sum of weighted targets a_k
     T = 0.0  # sum of a_k (z_k - m), with 0 * -inf := 0
     sums = use_p or eps != 0.0
+    f32 = is_f32(zr)  # constant: shorter exp series for float32 rows
     for k in range(C):
         sh = _shift(np.float64(wr[k]), m, inf_row)
-        e = exp(sh)
+        e = exp(sh, f32)
         wr[k] = e * esc  # float32 rows hold e * 2**100: tiny e stays normal
         s1 = add_reassoc(s1, e if k != am else 0.0)
         if sums:
@@ -152,7 +153,7 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
             ak = np.float64(probs[r, k]) * wk if use_p else cw * wk
             wr[k] = (p * A - ak) * scale
         if y >= 0 and y != am:
-            wr[y] = ((exp(sh_y) / S) * A - a_y) * scale  # a_y differs from cw w_y
+            wr[y] = ((exp(sh_y, f32) / S) * A - a_y) * scale  # a_y differs from cw w_y
         if am == y:
             a_am = a_y
         else:
