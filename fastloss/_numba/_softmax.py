@@ -24,6 +24,7 @@ CE, SMSE = 0, 1
 _NAN = np.nan
 _INF = np.inf
 _FIND = 16  # argmax search: test 16 entries at once, then scan that block
+_SHORT = 64  # rows shorter than this take the scalar max pass (same result)
 
 
 @jit
@@ -62,6 +63,18 @@ def _max8(x):
 def _copy_max(zr, wr):
     """Copy ``zr`` into ``wr``; return (max, first argmax, has NaN)."""
     C = zr.size
+    if C < _SHORT:  # short rows: one scalar pass beats three vector loops' setup
+        m = -_INF
+        am = 0
+        bad = False
+        for k in range(C):
+            v = np.float64(zr[k])
+            wr[k] = zr[k]
+            gt = v > m  # selects, not branches: random rows mispredict
+            am = k if gt else am
+            m = v if gt else m
+            bad |= v != v
+        return (_NAN if bad else m), am, bad
     nans = 0
     for k in range(C):  # vectorised: copy (a no-op in place) and count NaNs
         v = zr[k]
@@ -147,13 +160,14 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
         if not has_g:
             return
         # ---- gradient pass: g = (p A - a) scale, rescaling e in place
+        e_y = np.float64(wr[y]) * inv_esc if y >= 0 else 0.0  # before overwrite
         for k in range(C):
             p = (np.float64(wr[k]) * inv_esc) / S
             wk = np.float64(w[k]) if has_w else 1.0
             ak = np.float64(probs[r, k]) * wk if use_p else cw * wk
             wr[k] = (p * A - ak) * scale
         if y >= 0 and y != am:
-            wr[y] = ((exp(sh_y, f32) / S) * A - a_y) * scale  # a_y differs from cw w_y
+            wr[y] = ((e_y / S) * A - a_y) * scale  # a_y differs from cw w_y
         if am == y:
             a_am = a_y
         else:
