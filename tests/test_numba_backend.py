@@ -219,7 +219,7 @@ def test_softmax_odd_shapes(shape):
 def test_parallel_paths_match_reference():
     """Sizes above the serial thresholds (the prange kernels)."""
     rng = np.random.default_rng(4)
-    n = B.SERIAL_ELEMENTS + 12345
+    n = B.SERIAL_ELEMENTS["sigmoid_bce"] + 12345
     z = rng.standard_normal(n).astype(np.float32) * 5
     y = rng.random(n).astype(np.float32)
     g, g2 = np.empty_like(z), np.empty_like(z)
@@ -239,7 +239,7 @@ def test_parallel_paths_match_reference():
 
 def test_reduced_loss_bitwise_identical_across_thread_counts():
     rng = np.random.default_rng(5)
-    n = 5 * B.SERIAL_ELEMENTS + 999  # parallel path, many chunks
+    n = B.SERIAL_ELEMENTS["sigmoid_bce"] + 7 * 65536 + 999  # parallel path, many chunks
     z = (rng.standard_normal(n) * 30).astype(np.float32)
     y = rng.random(n).astype(np.float32)
     old = numba.get_num_threads()
@@ -252,16 +252,19 @@ def test_reduced_loss_bitwise_identical_across_thread_counts():
         numba.set_num_threads(old)
     assert len(set(totals)) == 1, totals
     # the serial chunk loop gives the same bits as the parallel one
-    head = B.SERIAL_ELEMENTS
-    whole = B.elementwise("mse", z[:head], y[:head], None, None, None, None, 1.0)
-    assert whole == R.elementwise("mse", z[:head], y[:head], None, None, None, None, 1.0) or np.isclose(
-        whole, R.elementwise("mse", z[:head], y[:head], None, None, None, None, 1.0), rtol=1e-13)
+    from fastloss._numba import _elementwise as E
+
+    e = np.empty(0, np.float32)
+    parts = [np.empty(-(-n // E.CHUNK)) for _ in range(2)]
+    for kern, part in zip(E.KERNELS["sigmoid_bce"], parts):
+        kern(z, y, e, e, e, e, 1.0, part)
+    np.testing.assert_array_equal(parts[0], parts[1])  # serial == parallel, chunk by chunk
 
 
 def test_concurrent_python_threads():
     """Calls from several Python threads neither crash nor mix results."""
     rng = np.random.default_rng(6)
-    n = B.SERIAL_ELEMENTS + 1000
+    n = B.SERIAL_ELEMENTS["sigmoid_mse"] + 1000
     z = rng.standard_normal(n)
     y = rng.random(n)
     want = B.elementwise("sigmoid_mse", z, y, None, None, None, None, 1.0)
@@ -281,3 +284,24 @@ def test_concurrent_python_threads():
         t.join()
     assert not errors
     assert got == [want] * 20
+
+
+def test_read_only_inputs():
+    """Read-only arrays (a different numba type) compile and agree."""
+    rng = np.random.default_rng(7)
+    z, y = rng.standard_normal(500), rng.random(500)
+    w, pw = rng.random(500), rng.random(10)
+    g1, g2 = np.empty(500), np.empty(500)
+    t1 = B.elementwise("sigmoid_bce", z, y, w, pw, g1, None, 1.0)
+    for a in (z, y, w, pw):
+        a.flags.writeable = False
+    assert B.elementwise("sigmoid_bce", z, y, w, pw, g2, None, 1.0) == t1
+    np.testing.assert_array_equal(g1, g2)
+    z2 = rng.standard_normal((6, 5))
+    labels = np.array([0, 1, 2, 3, 4, -100])
+    l1, l2 = np.empty(6), np.empty(6)
+    B.softmax_rows("softmax_cross_entropy", z2, labels, None, None, -100, 0.1, None, l1, 1.0)
+    z2.flags.writeable = False
+    labels.flags.writeable = False
+    B.softmax_rows("softmax_cross_entropy", z2, labels, None, None, -100, 0.1, None, l2, 1.0)
+    np.testing.assert_array_equal(l1, l2)

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CALL = """
 import numpy as np
 import fastloss._numba as B
-n = B.SERIAL_ELEMENTS + 1000  # the parallel kernel
+n = B.SERIAL_ELEMENTS['sigmoid_bce'] + 1000  # the parallel kernel
 z = np.linspace(-5, 5, n); y = np.full(n, 0.5)
 t = B.elementwise("sigmoid_bce", z, y, None, None, None, None, 1.0)
 """

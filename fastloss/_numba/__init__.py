@@ -17,10 +17,13 @@ from . import _softmax as _sm
 NAME = "numba"
 
 _SM_OPS = {"softmax_cross_entropy": _sm.CE, "softmax_mse": _sm.SMSE}
-#: below these sizes a second thread costs more than it saves (measured:
-#: see bench notes in the module docstring of :mod:`._elementwise`)
-SERIAL_ELEMENTS = 2 * _ew.CHUNK
-SERIAL_SOFTMAX = 1 << 15
+#: Up to these sizes the calling thread works alone: waking numba's pool
+#: costs 20-150 us (more when the other core is busy), which a 2-core
+#: machine only wins back above these sizes (measured with /tmp sweeps of
+#: serial vs parallel kernels, float32: sigmoid_bce breaks even near 2**18,
+#: mse -- memory-bound, cheap per element -- near 2**20, CE near 2**17).
+SERIAL_ELEMENTS = {"mse": 1 << 20, "sigmoid_mse": 1 << 18, "sigmoid_bce": 1 << 18}
+SERIAL_SOFTMAX = 1 << 17
 # float32 gradient rows hold exp(z - m) * 2**100: an e below float32's normal
 # range stays exact until the final rescale (2**100 * 1 cannot overflow).
 _ESC = {np.dtype(np.float32): 2.0 ** 100, np.dtype(np.float64): 1.0}
@@ -60,7 +63,7 @@ def elementwise(op, z, y, w, pw, grad, loss, scale):
     serial, parallel = _ew.KERNELS[op]
     args = (z, y, e if w is None else w, e if pw is None else pw,
             e if grad is None else grad, e if loss is None else loss, float(scale), partial)
-    if n <= SERIAL_ELEMENTS:
+    if n <= SERIAL_ELEMENTS[op]:
         serial(*args)
     else:
         with _jit.run_lock():
