@@ -154,20 +154,21 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     S = 1.0 + s1
     q = s1 / S  # 1 - p_argmax, never formed as a difference
     inv_esc = 1.0 / esc
+    rs = inv_esc / S  # float32 rows: p = e * rs (the extra f64 rounding never shows)
     if op == CE:
         # -sum a log p = A log S - sum a (z - m): two terms >= 0, no cancel
         loss[r] = A * math.log1p(s1) - T
         if not has_g:
             return
         # ---- gradient pass: g = (p A - a) scale, rescaling e in place
-        e_y = np.float64(wr[y]) * inv_esc if y >= 0 else 0.0  # before overwrite
+        p_y = (np.float64(wr[y]) * rs if f32 else (np.float64(wr[y]) * inv_esc) / S) if y >= 0 else 0.0
         for k in range(C):
-            p = (np.float64(wr[k]) * inv_esc) / S
+            p = np.float64(wr[k]) * rs if f32 else (np.float64(wr[k]) * inv_esc) / S
             wk = np.float64(w[k]) if has_w else 1.0
             ak = np.float64(probs[r, k]) * wk if use_p else cw * wk
             wr[k] = (p * A - ak) * scale
         if y >= 0 and y != am:
-            wr[y] = ((e_y / S) * A - a_y) * scale  # a_y differs from cw w_y
+            wr[y] = (p_y * A - a_y) * scale  # a_y differs from cw w_y (p_y read before overwrite)
         if am == y:
             a_am = a_y
         else:
@@ -179,7 +180,7 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     l = 0.0
     d_rest = 0.0  # D' = sum of w d p over all but the argmax
     for k in range(C):
-        p = (np.float64(wr[k]) * inv_esc) / S
+        p = np.float64(wr[k]) * rs if f32 else (np.float64(wr[k]) * inv_esc) / S
         tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
         d = p - tk
         wd = (np.float64(w[k]) if has_w else 1.0) * d
@@ -195,7 +196,7 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
         return
     D = d_rest + wd_am * p_am
     for k in range(C):
-        p = (np.float64(wr[k]) * inv_esc) / S
+        p = np.float64(wr[k]) * rs if f32 else (np.float64(wr[k]) * inv_esc) / S
         tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
         wd = (np.float64(w[k]) if has_w else 1.0) * (p - tk)
         wr[k] = ((2.0 * p) * (wd - D)) * scale
