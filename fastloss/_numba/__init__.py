@@ -56,20 +56,21 @@ def check_available():
 
 def elementwise(op, z, y, w, pw, grad, loss, scale):
     """Fused elementwise loss; see :mod:`fastloss.reference` for the contract."""
-    dt = z.dtype
-    e = _e1(dt)
+    e = _e1(z.dtype)
     n = z.size
-    partial = np.empty(-(-n // _ew.CHUNK))
+    nchunks = -(-n // _ew.CHUNK)
     serial, parallel = _ew.KERNELS[op]
-    args = (z, y, e if w is None else w, e if pw is None else pw,
-            e if grad is None else grad, e if loss is None else loss, float(scale), partial)
+    w = e if w is None else w
+    pw = e if pw is None else pw
+    grad = e if grad is None else grad
+    loss = e if loss is None else loss
     if n <= SERIAL_ELEMENTS[op]:
-        serial(*args)
-    else:
-        with _jit.run_lock():
-            parallel(*args)
+        return serial(z, y, w, pw, grad, loss, float(scale), nchunks)
+    partial = np.empty(nchunks)
+    with _jit.run_lock():
+        parallel(z, y, w, pw, grad, loss, float(scale), partial)
     total = 0.0
-    for v in partial:  # chunk order is fixed: same bits for any thread count
+    for v in partial.tolist():  # chunk order, as the serial kernel: same bits
         total += v
     return total
 

@@ -124,10 +124,12 @@ def _chunk(op, z, y, w, pw, grad, loss, scale, c):
 # numba's on-disk cache keeps one entry per op (factory closures share a
 # qualified name and would collide in the cache index).
 @kernel
-def mse_serial(z, y, w, pw, grad, loss, scale, partial):
-    """All chunks in order on the calling thread."""
-    for c in range(partial.size):
-        partial[c] = _chunk(MSE, z, y, w, pw, grad, loss, scale, c)
+def mse_serial(z, y, w, pw, grad, loss, scale, nchunks):
+    """All chunks in order on the calling thread; the chunk sums added in order."""
+    total = 0.0
+    for c in range(nchunks):
+        total += _chunk(MSE, z, y, w, pw, grad, loss, scale, c)
+    return total
 
 
 @parallel_kernel
@@ -138,9 +140,12 @@ def mse_parallel(z, y, w, pw, grad, loss, scale, partial):
 
 
 @kernel
-def sigmoid_mse_serial(z, y, w, pw, grad, loss, scale, partial):
-    for c in range(partial.size):
-        partial[c] = _chunk(SIGMOID_MSE, z, y, w, pw, grad, loss, scale, c)
+def sigmoid_mse_serial(z, y, w, pw, grad, loss, scale, nchunks):
+    """All chunks in order on the calling thread; the chunk sums added in order."""
+    total = 0.0
+    for c in range(nchunks):
+        total += _chunk(SIGMOID_MSE, z, y, w, pw, grad, loss, scale, c)
+    return total
 
 
 @parallel_kernel
@@ -150,9 +155,12 @@ def sigmoid_mse_parallel(z, y, w, pw, grad, loss, scale, partial):
 
 
 @kernel
-def sigmoid_bce_serial(z, y, w, pw, grad, loss, scale, partial):
-    for c in range(partial.size):
-        partial[c] = _chunk(SIGMOID_BCE, z, y, w, pw, grad, loss, scale, c)
+def sigmoid_bce_serial(z, y, w, pw, grad, loss, scale, nchunks):
+    """All chunks in order on the calling thread; the chunk sums added in order."""
+    total = 0.0
+    for c in range(nchunks):
+        total += _chunk(SIGMOID_BCE, z, y, w, pw, grad, loss, scale, c)
+    return total
 
 
 @parallel_kernel
