@@ -5,6 +5,8 @@ are compiled and run (caching, parallel layer, locks) lives here.
 """
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 import threading
 import warnings
@@ -14,6 +16,56 @@ import numba
 # error_model="numpy": the default "python" model adds a zero-division check
 # to every '/' and that branch blocks LLVM's loop vectoriser.
 _OPTS = dict(error_model="numpy", nogil=True)
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _package_stamp():
+    """One hash of every source file of this package.
+
+    numba keys a cached kernel on its own file only, so an edit to the shared
+    math in ``_math.py`` would silently load stale machine code; kernels here
+    are keyed on all of the package's sources instead.
+    """
+    h = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(_HERE, "*.py"))):
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.digest()
+
+
+def _install_cache_locators():
+    """Put package-wide-stamp variants of numba's locators first (numba
+    internals: on any mismatch, keep numba's default behaviour)."""
+    try:
+        from numba.core import caching
+    except ImportError:  # pragma: no cover
+        return
+    stamp = _package_stamp()
+    ours = []
+    for name in ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator"):
+        base = getattr(caching, name, None) or getattr(caching, "_" + name, None)
+        if base is None or not hasattr(base, "get_source_stamp"):
+            return
+
+        def from_function(cls, py_func, py_file, _base=base):
+            if os.path.dirname(os.path.abspath(py_file)) != _HERE:
+                return None  # not ours: numba's own locators decide
+            return _base.from_function.__func__(cls, py_func, py_file)
+
+        ours.append(type("Fastloss" + name, (base,), {
+            "get_source_stamp": lambda self: stamp,
+            "from_function": classmethod(from_function),
+        }))
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    if impl is None or not isinstance(getattr(impl, "_locator_classes", None), list):
+        return
+    if not any(c.__name__.startswith("Fastloss") for c in impl._locator_classes):
+        impl._locator_classes[:0] = ours
+
+
+_install_cache_locators()
 
 
 def _cached(dispatcher_factory, fn):
