@@ -160,16 +160,23 @@ def _softmax_p(z):
 @pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("op", R.SOFTMAX_OPS)
 @pytest.mark.parametrize("mode", ["labels", "probs", "smooth", "weight", "weight_probs"])
-def test_softmax_matches_reference(op, dt, mode):
+@pytest.mark.parametrize("C", [9, 83])  # the short-row and the vectorised max pass
+def test_softmax_matches_reference(op, dt, mode, C):
     if op == "softmax_mse" and mode == "smooth":
         pytest.skip("smoothing is a cross-entropy option")
     rng = np.random.default_rng(hash((op, mode)) % 2**32)
-    R_, C = 40, 9
+    R_ = 40
     z = _softmax_inputs(dt, R_, C, rng)
+    if C > 9:
+        z[11, [5, 40, 77]] = z[11].max() + 1.0  # tied maxima: the first one counts
+        z[12, :] = -0.0
+        z[12, 50] = 0.0  # -0 and +0 tie
+        z[13, 70] = np.nan  # NaN late in a long row
     labels = rng.integers(0, C, R_)
     labels[5] = 1  # the dominant class
     labels[10] = -100  # ignored
     labels[6] = 0  # a masked class as the label: infinite loss
+    labels[11] = 40 if C > 9 else labels[11]  # a tied maximum, not the first
     probs = None
     if "probs" in mode:
         probs = rng.random((R_, C)).astype(dt)

@@ -24,42 +24,13 @@ CE, SMSE = 0, 1
 _NAN = np.nan
 _INF = np.inf
 _FIND = 16  # argmax search: test 16 entries at once, then scan that block
+_KMIN = np.int64(-(2 ** 63))
+_MASK32 = np.int64(0x7FFFFFFF)
+_MASK64 = np.int64(0x7FFFFFFFFFFFFFFF)
 _SHORT = 64  # rows shorter than this take the scalar max pass (same result)
 # Per-row helpers taking arrays are inlined at numba-IR level: a real call
 # increments and decrements every array's refcount (atomics, ~40 ns a call),
 # which dominated rows of 10 classes.
-
-
-@jit
-def _max8(x):
-    """Max of ``x`` (NaN-free) with 8 independent chains: LLVM will not
-    vectorise a float max reduction, but 8 chains hide its latency."""
-    C = x.size
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -_INF
-    k = 0
-    while k + 8 <= C:
-        v0 = np.float64(x[k])
-        v1 = np.float64(x[k + 1])
-        v2 = np.float64(x[k + 2])
-        v3 = np.float64(x[k + 3])
-        v4 = np.float64(x[k + 4])
-        v5 = np.float64(x[k + 5])
-        v6 = np.float64(x[k + 6])
-        v7 = np.float64(x[k + 7])
-        m0 = v0 if v0 > m0 else m0
-        m1 = v1 if v1 > m1 else m1
-        m2 = v2 if v2 > m2 else m2
-        m3 = v3 if v3 > m3 else m3
-        m4 = v4 if v4 > m4 else m4
-        m5 = v5 if v5 > m5 else m5
-        m6 = v6 if v6 > m6 else m6
-        m7 = v7 if v7 > m7 else m7
-        k += 8
-    while k < C:
-        v = np.float64(x[k])
-        m0 = v if v > m0 else m0
-        k += 1
-    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
 
 
 @jit
@@ -84,14 +55,31 @@ def _copy_max(zr, wr):
     C = zr.size
     if C < _SHORT:  # short rows: one scalar pass beats three vector loops' setup
         return _copy_max_short(zr, wr)
+    # One vectorised pass: copy (a no-op in place), count NaNs, and take the
+    # max as an *integer* max of order-preserving keys of the float bits
+    # (LLVM will not vectorise a float max reduction; it does vpmaxsq).
     nans = 0
-    for k in range(C):  # vectorised: copy (a no-op in place) and count NaNs
-        v = zr[k]
-        wr[k] = v
-        nans += v != v
-    if nans:
-        return _NAN, 0, True
-    m = _max8(wr)
+    kmax = _KMIN
+    if is_f32(zr):
+        for k in range(C):
+            v = zr[k]
+            wr[k] = v
+            nans += v != v
+            b = np.int64(np.float32(v).view(np.int32))
+            kmax = max(kmax, b ^ ((b >> 63) & _MASK32))  # negative: flip magnitude bits
+        if nans:
+            return _NAN, 0, True
+        m = np.float64(np.int32(kmax ^ ((kmax >> 63) & _MASK32)).view(np.float32))
+    else:
+        for k in range(C):
+            v = zr[k]
+            wr[k] = v
+            nans += v != v
+            b = np.float64(v).view(np.int64)
+            kmax = max(kmax, b ^ ((b >> 63) & _MASK64))
+        if nans:
+            return _NAN, 0, True
+        m = np.int64(kmax ^ ((kmax >> 63) & _MASK64)).view(np.float64)
     if m == -_INF:
         return m, 0, False
     am = 0
