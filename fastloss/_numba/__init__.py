@@ -4,7 +4,14 @@ Implements the backend kernel interface of :mod:`fastloss.reference`.
 Kernels live in :mod:`._elementwise` and :mod:`._softmax` (plain loops), the
 scalar math they share in :mod:`._math`, compile/threading machinery in
 :mod:`._jit`.  Options travel as runtime scalars and absent arrays as empty
-arrays, so one compiled signature per dtype serves every option.
+arrays, so one compiled signature per (op, dtype) serves every option.
+
+Process-level behaviour (see :mod:`._jit`): kernels are cached on disk,
+keyed on every source file of this package, with in-memory JIT when no cache
+location is writable; unless the user chose a numba threading layer, a
+fork-safe one is selected ('tbb' if installed, else 'workqueue'), and calls
+are serialised by a lock when the active layer is not thread-safe.  The
+reduced loss is bitwise identical for any thread count.
 """
 from __future__ import annotations
 
@@ -19,8 +26,8 @@ NAME = "numba"
 _SM_OPS = {"softmax_cross_entropy": _sm.CE, "softmax_mse": _sm.SMSE}
 #: Up to these sizes the calling thread works alone: waking numba's pool
 #: costs 20-150 us (more when the other core is busy), which a 2-core
-#: machine only wins back above these sizes (measured with /tmp sweeps of
-#: serial vs parallel kernels, float32: sigmoid_bce breaks even near 2**18,
+#: machine only wins back above these sizes (measured by timing the serial
+#: against the parallel kernel, float32: sigmoid_bce breaks even near 2**18,
 #: mse -- memory-bound, cheap per element -- near 2**20, CE near 2**17).
 SERIAL_ELEMENTS = {"mse": 1 << 20, "sigmoid_mse": 1 << 18, "sigmoid_bce": 1 << 18}
 SERIAL_SOFTMAX = 1 << 17
