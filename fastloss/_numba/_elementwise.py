@@ -1,0 +1,176 @@
+"""Elementwise losses: one fused pass reads z, y (, w, pw) and writes grad.
+
+Layout: the input is cut into fixed chunks of :data:`CHUNK` elements (the
+unit of parallel work) and each chunk into blocks of :data:`BLOCK` (the unit
+held in L1).  A block's per-element losses go to a small float64 buffer and
+are summed in a fixed order; chunk sums are added in chunk order.  The
+reduced loss is therefore bitwise identical for any thread count and on the
+serial and parallel paths (``tests/test_numba_determinism.py``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit, jit_inline, kernel, parallel_kernel
+from ._math import is_f32, log1p01, mul0, sigmoid_pair
+
+BLOCK = 1024
+CHUNK = 64 * BLOCK
+MSE, SIGMOID_MSE, SIGMOID_BCE = 0, 1, 2
+
+
+@jit
+def _fill_periodic(buf, a, i0, nb):
+    """``buf[t] = a[(i0 + t) % P]`` without a division per element."""
+    P = a.size
+    j = i0 % P
+    for t in range(nb):
+        buf[t] = a[j]
+        j += 1
+        if j == P:
+            j = 0
+
+
+@jit
+def _block_sum(buf, nb):
+    """Sum ``buf[:nb]`` with 8 interleaved accumulators (fixed order, fast)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    t = 0
+    while t + 8 <= nb:
+        a0 += buf[t]
+        a1 += buf[t + 1]
+        a2 += buf[t + 2]
+        a3 += buf[t + 3]
+        a4 += buf[t + 4]
+        a5 += buf[t + 5]
+        a6 += buf[t + 6]
+        a7 += buf[t + 7]
+        t += 8
+    while t < nb:
+        a0 += buf[t]
+        t += 1
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
+@jit_inline
+def _chunk(op, z, y, w, pw, grad, loss, scale, c):
+    """Process chunk ``c``; return its float64 loss sum."""
+    n = z.size
+    i_lo = c * CHUNK
+    i_hi = min(n, i_lo + CHUNK)
+    lb = np.empty(BLOCK)  # per-element losses of one block (float64)
+    # Block weights in z's dtype: the loop reads src[off + t] from one
+    # array either way, with no conditional load to block vectorising.
+    wb = np.ones(BLOCK, z.dtype)  # 1.0 multiplies exactly
+    pb = np.ones(BLOCK, z.dtype)
+    full_w = w.size == n
+    full_pw = pw.size == n
+    has_g = grad.size > 0
+    has_l = loss.size > 0
+    c2 = 2.0 * scale  # MSE factor 2 folded into the scale
+    f32 = is_f32(z)  # constant: shorter polynomials for float32 results
+    acc = 0.0
+    for b0 in range(i_lo, i_hi, BLOCK):
+        nb = min(BLOCK, i_hi - b0)
+        if w.size > 0 and not full_w:
+            _fill_periodic(wb, w, b0, nb)
+        if pw.size > 0 and not full_pw:
+            _fill_periodic(pb, pw, b0, nb)
+        # Block views indexed from 0: LLVM then sees consecutive addresses
+        # (with i = b0 + t numba's negative-index wraparound forces gathers).
+        zb = z[b0:b0 + nb]
+        yb = y[b0:b0 + nb]
+        wv = w[b0:b0 + nb] if full_w else wb
+        pv = pw[b0:b0 + nb] if full_pw else pb
+        gb = grad[b0:b0 + nb] if has_g else grad
+        lv = loss[b0:b0 + nb] if has_l else loss
+        for t in range(nb):
+            zi = np.float64(zb[t])
+            yi = np.float64(yb[t])
+            wi = np.float64(wv[t])
+            if op == MSE:
+                d = zi - yi
+                li = d * d
+                gi = c2 * d
+            elif op == SIGMOID_MSE:
+                s, sn, _ = sigmoid_pair(zi, f32)
+                # z >= 0: (1 - y) is exact near y = 1 and keeps sigmoid(-z)
+                r = ((1.0 - yi) - sn) if zi >= 0 else (s - yi)
+                li = r * r
+                gi = ((c2 * r) * s) * sn  # tiny s*sn last: no early underflow
+            else:
+                s, sn, e = sigmoid_pair(zi, f32)
+                ai = np.float64(pv[t]) * yi
+                bi = 1.0 - yi
+                l1 = log1p01(e, f32)  # softplus(+-z) = max(+-z, 0) + log1p(exp(-|z|))
+                sp_neg = (-zi if zi < 0 else 0.0) + l1
+                sp_pos = (zi if zi > 0 else 0.0) + l1
+                li = mul0(ai, sp_neg) + mul0(bi, sp_pos)  # terms >= 0: no cancel
+                gi = scale * (bi * s - ai * sn)  # exact limits at +-inf
+            li = mul0(wi, li)
+            gi = mul0(wi, gi)
+            lb[t] = li
+            if has_g:
+                gb[t] = gi  # z[i] was read above: grad may alias z
+            if has_l:
+                lv[t] = li
+        acc += _block_sum(lb, nb)
+    return acc
+
+
+# One kernel per op, each passing its op as a constant: after inlining the
+# op branches fold, and every kernel is a separate top-level function so
+# numba's on-disk cache keeps one entry per op (factory closures share a
+# qualified name and would collide in the cache index).
+@kernel
+def mse_serial(z, y, w, pw, grad, loss, scale, nchunks):
+    """All chunks in order on the calling thread; the chunk sums added in order."""
+    total = 0.0
+    for c in range(nchunks):
+        total += _chunk(MSE, z, y, w, pw, grad, loss, scale, c)
+    return total
+
+
+@parallel_kernel
+def mse_parallel(z, y, w, pw, grad, loss, scale, partial):
+    """Chunks over numba's threads; the same per-chunk sums as serial."""
+    for c in prange(partial.size):
+        partial[c] = _chunk(MSE, z, y, w, pw, grad, loss, scale, c)
+
+
+@kernel
+def sigmoid_mse_serial(z, y, w, pw, grad, loss, scale, nchunks):
+    """All chunks in order on the calling thread; the chunk sums added in order."""
+    total = 0.0
+    for c in range(nchunks):
+        total += _chunk(SIGMOID_MSE, z, y, w, pw, grad, loss, scale, c)
+    return total
+
+
+@parallel_kernel
+def sigmoid_mse_parallel(z, y, w, pw, grad, loss, scale, partial):
+    for c in prange(partial.size):
+        partial[c] = _chunk(SIGMOID_MSE, z, y, w, pw, grad, loss, scale, c)
+
+
+@kernel
+def sigmoid_bce_serial(z, y, w, pw, grad, loss, scale, nchunks):
+    """All chunks in order on the calling thread; the chunk sums added in order."""
+    total = 0.0
+    for c in range(nchunks):
+        total += _chunk(SIGMOID_BCE, z, y, w, pw, grad, loss, scale, c)
+    return total
+
+
+@parallel_kernel
+def sigmoid_bce_parallel(z, y, w, pw, grad, loss, scale, partial):
+    for c in prange(partial.size):
+        partial[c] = _chunk(SIGMOID_BCE, z, y, w, pw, grad, loss, scale, c)
+
+
+KERNELS = {
+    "mse": (mse_serial, mse_parallel),
+    "sigmoid_mse": (sigmoid_mse_serial, sigmoid_mse_parallel),
+    "sigmoid_bce": (sigmoid_bce_serial, sigmoid_bce_parallel),
+}

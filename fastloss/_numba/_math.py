@@ -1,0 +1,144 @@
+"""Scalar float64 math written once, in plain arithmetic so LLVM vectorises it.
+
+numba 0.68 has no SVML: ``math.exp``/``math.log1p`` inside a loop stay scalar
+libm calls (~16 ns/element).  These polynomial versions compile to straight
+vector code inside ``prange`` loops and keep the accuracy contract: ~1 ulp
+over the whole domain, subnormal results kept, exact 0/inf/NaN behaviour
+(``tests/test_numba_math.py`` sweeps them against NumPy in ulps).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from ._jit import jit, jit_fma, jit_reassoc
+
+_LOG2E = 1.4426950408889634
+# ln 2 split so that k * _LN2_HI is exact for |k| < 2**11 (Cody-Waite).
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+# 1.5 * 2**52: adding and subtracting it rounds to the nearest integer with
+# plain arithmetic (np.rint/floor would be a libm call or an int64 result).
+_ROUND = 6755399441055744.0
+_LN2 = 0.6931471805599453
+_LN2_TAIL = 2.3190468138462996e-17  # ln 2 - _LN2
+
+
+def is_f32(a):
+    """Whether array ``a`` holds float32 (a compile-time constant in kernels)."""
+    return a.dtype == np.float32
+
+
+@overload(is_f32)
+def _is_f32_impl(a):
+    f32 = isinstance(a, types.Array) and a.dtype == types.float32
+    return lambda a: f32
+
+
+@jit_fma
+def exp(x, f32=False):
+    """``exp(x)`` for float64 ``x``, ~1 ulp; 0 below -745.2, inf above 709.8.
+
+    ``f32=True`` (a constant, for results rounded to float32) stops the
+    series at degree 7: truncation 8e-9 relative, 0.1 float32 ulp.
+    """
+    # Clamp first so k stays in range; the clamp values still give the exact
+    # limits (exp(-746) rounds to 0, exp(710) overflows), and NaN passes.
+    if x < -746.0:
+        x = -746.0
+    if x > 710.0:
+        x = 710.0
+    kf = (x * _LOG2E + _ROUND) - _ROUND
+    r = (x - kf * _LN2_HI) - kf * _LN2_LO  # |r| <= ln2/2, exact high part
+    # Taylor to degree 13: truncation < 0.05 ulp on |r| <= 0.347.
+    if f32:
+        p = 1.0 / 5040.0
+    else:
+        p = 1.0 / 6227020800.0
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = (p * r) * r + r  # small terms summed before the leading 1
+    p = p + 1.0
+    # NaN would make the int conversion undefined: use k = 0 (p is NaN anyway).
+    k = np.int64(kf) if kf == kf else np.int64(0)
+    # 2**k as two exact powers: a subnormal result is rounded once, at the end.
+    k1 = k >> 1
+    k2 = k - k1
+    s1 = np.int64((k1 + 1023) << 52).view(np.float64)
+    s2 = np.int64((k2 + 1023) << 52).view(np.float64)
+    return (p * s1) * s2
+
+
+@jit_fma
+def log1p01(u, f32=False):
+    """``log1p(u)`` for ``u`` in [0, 1] (or NaN), ~1 ulp, exact for subnormal u.
+
+    ``f32=True`` keeps 6 series terms: truncation 3e-10, for float32 results.
+    """
+    # u >= 1/2: log1p(u) = ln2 + log1p(v), v = (u - 1)/2 in [-1/4, 0], exact
+    # (Sterbenz).  Keeps |t| <= 0.29 so the series needs 10 terms.
+    hi = u >= 0.5
+    v = (u * 0.5 - 0.5) if hi else u
+    # t = 2v/(2+v) = 2 atanh^-1 argument; t == v exactly for tiny/subnormal v.
+    t = v / (1.0 + 0.5 * v)
+    s2 = 0.25 * t * t
+    if f32:
+        q = 1.0 / 13.0
+    else:
+        q = 1.0 / 23.0
+        q = q * s2 + 1.0 / 21.0
+        q = q * s2 + 1.0 / 19.0
+        q = q * s2 + 1.0 / 17.0
+        q = q * s2 + 1.0 / 15.0
+        q = q * s2 + 1.0 / 13.0
+    q = q * s2 + 1.0 / 11.0
+    q = q * s2 + 1.0 / 9.0
+    q = q * s2 + 1.0 / 7.0
+    q = q * s2 + 1.0 / 5.0
+    q = q * s2 + 1.0 / 3.0
+    y = t + t * (s2 * q)  # log1p(v) = 2 atanh(t/2) = t (1 + s2/3 + s2^2/5 ...)
+    if hi:
+        y = (_LN2 + (y + _LN2_TAIL))
+    return y
+
+
+@jit
+def sigmoid_pair(z, f32=False):
+    """``(sigmoid(z), sigmoid(-z))`` from one ``exp``, each ~1 ulp.
+
+    Also returns ``e = exp(-|z|)`` for softplus.  ``sigmoid(-z)`` is never
+    ``1 - sigmoid(z)``: that rounds to 0 for z > 37 and zeroes s(1-s).
+    """
+    e = exp(-abs(z), f32)  # in [0, 1]: cannot overflow
+    big = 1.0 / (1.0 + e)
+    small = e * big  # subnormal when e is: kept, not flushed
+    if z >= 0:
+        return big, small, e
+    return small, big, e
+
+
+@jit
+def mul0(c, v):
+    """``c * v`` with ``0 * inf := 0``: a zero weight or target masks."""
+    return c * v if c != 0.0 else 0.0
+
+
+@jit_reassoc
+def add_reassoc(a, b):
+    """A sum whose order LLVM may change *at compile time* so it vectorises.
+
+    The order is fixed by the compiled code, not by threads: results stay
+    bitwise reproducible for any thread count.
+    """
+    return a + b
+

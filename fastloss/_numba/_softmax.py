@@ -1,0 +1,231 @@
+"""Softmax row losses: a max pass, an exp pass, a gradient pass per row.
+
+Each row is first copied into its work row (the gradient row itself, or a
+scratch row when no gradient is asked) during the max pass; every later pass
+reads and writes that one row, which stays in cache.  So the gradient may
+alias ``z``, and because a loop that reads and writes the same array needs
+no aliasing check, LLVM takes the same vectorised loop (the same summation
+order) in place or not: results are bitwise identical either way.  The exp
+pass stores ``exp(z - m)`` while it accumulates ``S'`` (the exp-sum without
+the first argmax) and the loss terms; the last pass rescales in place.
+Formulas mirror :func:`fastloss.reference.softmax_rows`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import prange
+
+from ._jit import jit, jit_inline, kernel, parallel_kernel
+from ._math import add_reassoc, exp, is_f32, mul0
+
+CE, SMSE = 0, 1
+_NAN = np.nan
+_INF = np.inf
+_FIND = 16  # argmax search: test 16 entries at once, then scan that block
+_KMIN = np.int64(-(2 ** 63))
+_MASK32 = np.int64(0x7FFFFFFF)
+_MASK64 = np.int64(0x7FFFFFFFFFFFFFFF)
+_SHORT = 64  # rows shorter than this take the scalar max pass (same result)
+# Per-row helpers taking arrays are inlined at numba-IR level: a real call
+# increments and decrements every array's refcount (atomics, ~40 ns a call),
+# which dominated rows of 10 classes.
+
+
+@jit
+def _copy_max_short(zr, wr):
+    """:func:`_copy_max` for short rows: one scalar pass, selects not branches."""
+    m = -_INF
+    am = 0
+    bad = False
+    for k in range(zr.size):
+        v = np.float64(zr[k])
+        wr[k] = zr[k]
+        gt = v > m
+        am = k if gt else am
+        m = v if gt else m
+        bad |= v != v
+    return (_NAN if bad else m), am, bad
+
+
+@jit_inline
+def _copy_max(zr, wr):
+    """Copy ``zr`` into ``wr``; return (max, first argmax, has NaN)."""
+    C = zr.size
+    if C < _SHORT:  # short rows: one scalar pass beats three vector loops' setup
+        return _copy_max_short(zr, wr)
+    # One vectorised pass: copy (a no-op in place), count NaNs, and take the
+    # max as an *integer* max of order-preserving keys of the float bits
+    # (LLVM will not vectorise a float max reduction; it does vpmaxsq).
+    nans = 0
+    kmax = _KMIN
+    if is_f32(zr):
+        for k in range(C):
+            v = zr[k]
+            wr[k] = v
+            nans += v != v
+            b = np.int64(np.float32(v).view(np.int32))
+            kmax = max(kmax, b ^ ((b >> 63) & _MASK32))  # negative: flip magnitude bits
+        if nans:
+            return _NAN, 0, True
+        m = np.float64(np.int32(kmax ^ ((kmax >> 63) & _MASK32)).view(np.float32))
+    else:
+        for k in range(C):
+            v = zr[k]
+            wr[k] = v
+            nans += v != v
+            b = np.float64(v).view(np.int64)
+            kmax = max(kmax, b ^ ((b >> 63) & _MASK64))
+        if nans:
+            return _NAN, 0, True
+        m = np.int64(kmax ^ ((kmax >> 63) & _MASK64)).view(np.float64)
+    if m == -_INF:
+        return m, 0, False
+    am = 0
+    for b0 in range(0, C, _FIND):  # first index holding m, 16 at a time
+        b1 = min(C, b0 + _FIND)
+        hit = False
+        for k in range(b0, b1):
+            hit |= np.float64(wr[k]) == m
+        if hit:
+            am = b0
+            while np.float64(wr[am]) != m:
+                am += 1
+            break
+    return m, am, False
+
+
+@jit
+def _shift(v, m, inf_row):
+    """``z - m`` (<= 0, exact near the max); a +inf row keeps only its +infs."""
+    if inf_row:
+        return 0.0 if v == _INF else -_INF
+    return v - m
+
+
+@jit_inline
+def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale, esc):
+    """Loss of row ``r`` into ``loss[r]``; its gradient into ``wr`` if ``has_g``."""
+    C = zr.size
+    has_w = w.size > 0
+    use_p = probs.shape[0] > 0
+    y = -1 if use_p else labels[r]
+    m, am, bad = _copy_max(zr, wr)
+    if bad or (not use_p and y == ignore_index) or m == -_INF:
+        # NaN row -> NaN (wins over ignore); ignored / all-masked row -> 0
+        fill = _NAN if bad else 0.0
+        loss[r] = fill
+        if has_g:
+            for k in range(C):
+                wr[k] = fill
+        return
+    inf_row = m == _INF
+    cw = eps / C  # smoothing mass per class (0.0 without smoothing)
+    # label entry, read before the row is overwritten (wr may be z's row)
+    sh_y = _shift(np.float64(wr[y]), m, inf_row) if y >= 0 else 0.0
+    w_y = (np.float64(w[y]) if has_w else 1.0) if y >= 0 else 0.0
+    a_y = ((1.0 - eps) + cw) * w_y  # t_y w_y with t_y = 1 (1 - eps) + eps / C
+    # ---- exp pass: e = exp(z - m) in place, sums S', A, T
+    s1 = 0.0  # S' = sum of e over all but the argmax: S = 1 + S'
+    A = 0.0  # sum of weighted targets a_k
+    T = 0.0  # sum of a_k (z_k - m), with 0 * -inf := 0
+    sums = use_p or eps != 0.0
+    f32 = is_f32(zr)  # constant: shorter exp series for float32 rows
+    for k in range(C):
+        sh = _shift(np.float64(wr[k]), m, inf_row)
+        e = exp(sh, f32)
+        wr[k] = e * esc  # float32 rows hold e * 2**100: tiny e stays normal
+        s1 = add_reassoc(s1, e if k != am else 0.0)
+        if sums:
+            wk = np.float64(w[k]) if has_w else 1.0
+            if use_p:
+                ak = np.float64(probs[r, k]) * wk
+            else:
+                ak = cw * wk if k != y else 0.0  # label entry added below
+            A = add_reassoc(A, ak)
+            T = add_reassoc(T, mul0(ak, sh))
+    if y >= 0:
+        A += a_y
+        T += mul0(a_y, sh_y)
+    S = 1.0 + s1
+    q = s1 / S  # 1 - p_argmax, never formed as a difference
+    inv_esc = 1.0 / esc
+    rs = inv_esc / S  # float32 rows: p = e * rs (the extra f64 rounding never shows)
+    if op == CE:
+        # -sum a log p = A log S - sum a (z - m): two terms >= 0, no cancel
+        loss[r] = A * math.log1p(s1) - T
+        if not has_g:
+            return
+        # ---- gradient pass: g = (p A - a) scale, rescaling e in place
+        p_y = (np.float64(wr[y]) * rs if f32 else (np.float64(wr[y]) * inv_esc) / S) if y >= 0 else 0.0
+        for k in range(C):
+            p = np.float64(wr[k]) * rs if f32 else (np.float64(wr[k]) * inv_esc) / S
+            wk = np.float64(w[k]) if has_w else 1.0
+            ak = np.float64(probs[r, k]) * wk if use_p else cw * wk
+            wr[k] = (p * A - ak) * scale
+        if y >= 0 and y != am:
+            wr[y] = (p_y * A - a_y) * scale  # a_y differs from cw w_y (p_y read before overwrite)
+        if am == y:
+            a_am = a_y
+        else:
+            a_am = (np.float64(probs[r, am]) if use_p else cw) * (np.float64(w[am]) if has_w else 1.0)
+        # argmax entry: p A - a = (A - a) - A q, exact when p rounds to 1
+        wr[am] = ((A - a_am) - A * q) * scale
+        return
+    # ---- softmax_mse: sum l and D' from p, then write the gradient
+    l = 0.0
+    d_rest = 0.0  # D' = sum of w d p over all but the argmax
+    for k in range(C):
+        p = np.float64(wr[k]) * rs if f32 else (np.float64(wr[k]) * inv_esc) / S
+        tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
+        d = p - tk
+        wd = (np.float64(w[k]) if has_w else 1.0) * d
+        l = add_reassoc(l, wd * d if k != am else 0.0)
+        d_rest = add_reassoc(d_rest, wd * p if k != am else 0.0)
+    t_am = np.float64(probs[r, am]) if use_p else (1.0 if am == y else 0.0)
+    p_am = 1.0 / S
+    d_am = (1.0 - t_am) - q  # p_argmax - t without the rounding of 1 - q
+    wd_am = (np.float64(w[am]) if has_w else 1.0) * d_am
+    l += wd_am * d_am
+    loss[r] = l
+    if not has_g:
+        return
+    D = d_rest + wd_am * p_am
+    for k in range(C):
+        p = np.float64(wr[k]) * rs if f32 else (np.float64(wr[k]) * inv_esc) / S
+        tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
+        wd = (np.float64(w[k]) if has_w else 1.0) * (p - tk)
+        wr[k] = ((2.0 * p) * (wd - D)) * scale
+    # argmax entry: w d - D = w d q - D' (no cancellation)
+    wr[am] = ((2.0 * p_am) * (wd_am * q - d_rest)) * scale
+
+
+@jit_inline
+def _rows(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc, r0, r1):
+    """Rows ``r0:r1``; without a gradient they share one scratch work row."""
+    has_g = grad.shape[0] > 0
+    scratch = np.empty(0 if has_g else z.shape[1], z.dtype)
+    for r in range(r0, r1):
+        wr = grad[r] if has_g else scratch
+        _row(op, z[r], r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale, esc)
+
+
+@kernel
+def softmax_serial(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc):
+    """Rows in order on the calling thread, in the parallel kernel's blocks."""
+    R, C = z.shape
+    rb = max(1, 4096 // C)
+    for b in range((R + rb - 1) // rb):
+        _rows(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc,
+              b * rb, min(R, (b + 1) * rb))
+
+
+@parallel_kernel
+def softmax_parallel(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc):
+    """Blocks of rows over numba's threads (a row's result is thread-independent)."""
+    R, C = z.shape
+    rb = max(1, 4096 // C)  # rows per task: amortises scheduling for small C
+    for b in prange((R + rb - 1) // rb):
+        _rows(op, z, labels, probs, w, ignore_index, eps, grad, loss, scale, esc,
+              b * rb, min(R, (b + 1) * rb))
