@@ -344,8 +344,8 @@ def softmax_cross_entropy(logits, target, /, *, axis=-1, weight=None, ignore_ind
     >>> loss, grad = fastloss.softmax_cross_entropy(z, np.array([0]), return_grad=True)
     >>> round(float(loss), 6)  # log(1 + 2/e)
     0.551445
-    >>> np.allclose(grad.sum(), 0.0)
-    True
+    >>> print(grad.round(6))  # p - onehot, rows sum to 0
+    [[-0.423883  0.211942  0.211942]]
     """
     return _softmax("softmax_cross_entropy", logits, target, axis, weight, ignore_index, label_smoothing,
                     reduction, return_grad, out, backend)
