@@ -15,6 +15,7 @@ class OptionalBuildExt(build_ext):
     """build_ext whose extensions are optional: a failure warns, never aborts."""
 
     def run(self):
+        self._failed = set()
         try:
             super().run()
         except Exception as exc:  # DistutilsPlatformError: no compiler at all
@@ -24,7 +25,17 @@ class OptionalBuildExt(build_ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # CompileError, LinkError, DistutilsError
+            self._failed.add(ext.name)
             self._skip(exc, ext.name)
+
+    def copy_extensions_to_source(self):
+        # --inplace / editable installs: copy only what was built
+        built = [e for e in self.extensions if e.name not in self._failed]
+        self.extensions, everything = built, self.extensions
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = everything
 
     @staticmethod
     def _skip(exc, name="fastloss._fastloss_c"):
