@@ -30,6 +30,9 @@ int fl_abi_version(void);
  * Returns the previous setting (0 = default). */
 int fl_set_num_threads(int n);
 int fl_get_num_threads(void);
+/* Instruction set of the kernels in use: 4 AVX-512, 3 AVX2+FMA, 0 portable
+ * (FASTLOSS_C_ISA=base|avx2|avx512 caps it, read once). */
+int fl_isa_level(void);
 
 double fl_mse_f32(const float *z, const float *y, const float *w, int64_t P,
                   float *grad, float *loss, int64_t n, double scale);

@@ -17,9 +17,6 @@
 #define FL_BLOCK 1024
 #define FL_MIN_PER_THREAD 64  /* blocks (64 Ki elements) before a thread pays off */
 
-/* coef * v with 0 * inf := 0: a zero weight or target coefficient masks */
-FL_INLINE double fl_mul0(double coef, double v) { return coef != 0 ? coef * v : 0.0; }
-
 FL_INLINE void fl_el_mse(double z, double y, double pw, double c, double *l, double *g)
 {
     (void)pw;
@@ -64,17 +61,31 @@ typedef struct {
     int64_t first;     /* first block of the chunk being run */
 } fl_el_ctx;
 
-/* Fixed-order sum of one block (8 independent lanes, then a fixed tree). */
-FL_INLINE double fl_block_sum(const double *v, int m)
+/* Fixed-order sum of one block: lane q of 4 accumulators takes the
+ * elements j with j % 4 == q, then a fixed tree; GNU vector extensions make
+ * gcc keep the lanes in one register (it cannot reorder a plain sum). */
+#if defined(__GNUC__)
+typedef double fl_v4 __attribute__((vector_size(32)));
+#endif
+static inline double fl_block_sum(const double *v, int m)
 {
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double acc[4] = {0, 0, 0, 0};
     int j = 0;
-    for (; j + 8 <= m; j += 8)
-        for (int q = 0; q < 8; q++)
+#if defined(__GNUC__)
+    fl_v4 a = {0, 0, 0, 0};
+    for (; j + 4 <= m; j += 4) {
+        fl_v4 x;
+        memcpy(&x, v + j, sizeof x);
+        a += x;
+    }
+    memcpy(acc, &a, sizeof a);
+#endif
+    for (; j + 4 <= m; j += 4)
+        for (int q = 0; q < 4; q++)
             acc[q] += v[j + q];
     for (; j < m; j++)
-        acc[j & 7] += v[j];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        acc[j & 3] += v[j];
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
 /* Blocks go in chunks of FL_CHUNK whose partials live on the stack (no
@@ -94,6 +105,11 @@ static double fl_run_elementwise(fl_el_ctx *c, fl_range_fn range)
     }
     return total;
 }
+
+/* MSE factor 2 folded into the scale (<= 2: no overflow) */
+FL_INLINE double fl_scale_mse(double s) { return 2.0 * s; }
+FL_INLINE double fl_scale_sigmoid_mse(double s) { return 2.0 * s; }
+FL_INLINE double fl_scale_sigmoid_bce(double s) { return s; }
 
 #define T float
 #define SFX f32

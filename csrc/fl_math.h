@@ -11,19 +11,36 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Runtime dispatch: an AVX2+FMA clone next to the portable one (x86-64 with
- * ifunc support only); FASTLOSS_C_NATIVE builds pass -DFL_NO_CLONES. */
+/* Runtime dispatch (x86-64 + GCC): every kernel loop is compiled three
+ * times -- portable, x86-64-v3 (AVX2+FMA) and x86-64-v4 (AVX-512, 512-bit
+ * vectors) -- and fl_isa() picks one per process.  FASTLOSS_C_NATIVE builds
+ * define FL_NO_CLONES and compile only the -march=native one. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FL_NO_CLONES)
-#define FL_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define FL_CLONES
+#define FL_MULTI_ISA 1
+#define FL_ATTR_V3 __attribute__((target("arch=x86-64-v3")))
+#define FL_ATTR_V4 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
 #endif
+
+/* 4: AVX-512, 3: AVX2+FMA, 0: portable; capped by FASTLOSS_C_ISA. */
+int fl_isa(void);
+
+#define FL_CAT2(a, b) a##_##b
+#define FL_CAT(a, b) FL_CAT2(a, b)
 
 /* the math must inline into the vectorised loops */
 #define FL_INLINE static inline __attribute__((always_inline))
 
 FL_INLINE uint64_t fl_bits(double x) { uint64_t u; memcpy(&u, &x, 8); return u; }
 FL_INLINE double fl_from_bits(uint64_t u) { double x; memcpy(&x, &u, 8); return x; }
+
+/* coef * v with 0 * inf := 0 (a zero weight or target coefficient masks
+ * exactly).  An AND with a compare mask, not a branch: gcc would otherwise
+ * turn the select into masked loads of the inputs of v. */
+FL_INLINE double fl_mul0(double coef, double v)
+{
+    uint64_t keep = (uint64_t)0 - (uint64_t)(coef != 0);
+    return fl_from_bits(fl_bits(coef * v) & keep);
+}
 
 /* exp(x) for x <= 0 (or NaN): every caller only needs the non-positive
  * half, which cannot overflow.  ~1 ulp; subnormal results rounded once. */

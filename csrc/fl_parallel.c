@@ -2,10 +2,12 @@
 #define _GNU_SOURCE
 #include "fl_parallel.h"
 #include "fastloss.h"
+#include "fl_math.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define FL_MAX_THREADS 256
 
@@ -87,3 +89,32 @@ void fl_parallel_for(fl_range_fn fn, void *ctx, int64_t n, int64_t min_per_threa
             fl_run_job(&jobs[t]);
     }
 }
+
+/* ISA level of this CPU, capped by FASTLOSS_C_ISA (base | avx2 | avx512):
+ * the cap lets tests run every compiled variant on one machine. */
+static int fl_isa_cached = -1;
+
+int fl_isa(void)
+{
+    int level = __atomic_load_n(&fl_isa_cached, __ATOMIC_RELAXED);
+    if (level >= 0)
+        return level;
+    level = 0;
+#ifdef FL_MULTI_ISA
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        level = 3;
+    if (level == 3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw"))
+        level = 4;
+    const char *cap = getenv("FASTLOSS_C_ISA");
+    if (cap != NULL && cap[0] != '\0') {
+        int c = strcmp(cap, "base") == 0 ? 0 : strcmp(cap, "avx2") == 0 ? 3 : 4;
+        level = level < c ? level : c;
+    }
+#endif
+    __atomic_store_n(&fl_isa_cached, level, __ATOMIC_RELAXED);
+    return level;
+}
+
+int fl_isa_level(void) { return fl_isa(); }

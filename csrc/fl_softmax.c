@@ -17,8 +17,6 @@
 
 #define FL_ROW_MIN_PER_THREAD 65536  /* elements per thread before threads pay off */
 
-FL_INLINE double fl_mul0(double coef, double v) { return coef != 0 ? coef * v : 0.0; }
-
 typedef struct {
     const void *z, *probs, *w;
     const int64_t *labels;

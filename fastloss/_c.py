@@ -48,6 +48,12 @@ def get_num_threads():
     return lib.fl_get_num_threads()
 
 
+def isa():
+    """Instruction set of the kernels in use: ``"avx512"``, ``"avx2"`` or ``"base"``."""
+    check_available()
+    return {4: "avx512", 3: "avx2"}.get(lib.fl_isa_level(), "base")
+
+
 def _ptr(a, ctype):
     """A C pointer to ``a``'s data (no copy), or NULL for None."""
     if a is None:

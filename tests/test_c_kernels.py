@@ -159,7 +159,12 @@ def _softmax_scales(op, z, t_labels, probs, w, smoothing, scale):
         if op == "softmax_cross_entropy":
             A = a.sum(axis=1, keepdims=True)
             lsc = (a * (np.abs(zf) + np.log(C) + 1)).sum(axis=1)
-            return lsc, scale * (p * A + a)
+            gsc = scale * (p * A + a)
+            # argmax entry: (A - a) - A q cancels to p A - a, terms of size A
+            rows = np.arange(R)
+            am = np.nan_to_num(z.astype(np.float64), nan=0.0).argmax(axis=1)
+            gsc[rows, am] = scale * (A[:, 0] + a[rows, am])
+            return lsc, gsc
         wd = np.abs(wf) * (p + np.abs(t))
         return (wd * (p + np.abs(t))).sum(axis=1), 2 * scale * p * (wd + (wd * p).sum(axis=1, keepdims=True))
 
