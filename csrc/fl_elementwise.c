@@ -17,19 +17,20 @@
 #define FL_BLOCK 1024
 #define FL_MIN_PER_THREAD 64  /* blocks (64 Ki elements) before a thread pays off */
 
-FL_INLINE void fl_el_mse(double z, double y, double pw, double c, double *l, double *g)
+FL_INLINE void fl_el_mse(double z, double y, double pw, double c, int lp, double *l, double *g)
 {
     (void)pw;
+    (void)lp;
     double d = z - y;
     *l = d * d;
     *g = c * d;
 }
 
-FL_INLINE void fl_el_sigmoid_mse(double z, double y, double pw, double c, double *l, double *g)
+FL_INLINE void fl_el_sigmoid_mse(double z, double y, double pw, double c, int lp, double *l, double *g)
 {
     (void)pw;
     double s, sn, e, big;
-    fl_sigmoid_pair(z, &s, &sn, &e, &big);
+    fl_sigmoid_pair(z, lp, &s, &sn, &e, &big);
     /* s - y as (1 - y) - sigmoid(-z) for z >= 0: exact (1 - y) keeps every
      * digit of sigmoid(-z) at y = 1 */
     double r = z >= 0 ? (1.0 - y) - sn : s - y;
@@ -38,11 +39,11 @@ FL_INLINE void fl_el_sigmoid_mse(double z, double y, double pw, double c, double
     *g = ((c * r) * s) * sn;
 }
 
-FL_INLINE void fl_el_sigmoid_bce(double z, double y, double pw, double c, double *l, double *g)
+FL_INLINE void fl_el_sigmoid_bce(double z, double y, double pw, double c, int lp, double *l, double *g)
 {
     double s, sn, e, big;
-    fl_sigmoid_pair(z, &s, &sn, &e, &big);
-    double L = fl_log1p_small(e, big);  /* shared tail of softplus(z), softplus(-z) */
+    fl_sigmoid_pair(z, lp, &s, &sn, &e, &big);
+    double L = fl_log1p_small(e, big, lp);  /* shared tail of softplus(z), softplus(-z) */
     double a = pw * y, b = 1.0 - y;
     double sp_pos = (z > 0 ? z : 0.0) + L, sp_neg = (z < 0 ? -z : 0.0) + L;
     /* a softplus(-z) + b softplus(z): both terms >= 0, no cancellation */

@@ -1,6 +1,8 @@
 /* Instantiated by fl_elementwise_impl.h per dtype T and ISA variant VAR
  * (function attributes FL_ATTR): the blocked loops of the three ops. */
 #define FL_V(name) FL_CAT(FL_N(name), VAR)
+/* float32 results need less than float64 accuracy from exp/log */
+#define FL_LOWP (sizeof(T) == 4)
 
 /* Block [i0, i0+m) element parameters: w[i % P] as a contiguous pointer,
  * expanded into buf when P does not cover the block contiguously. */
@@ -38,7 +40,7 @@ FL_INLINE const T *FL_V(fl_periodic)(const T *w, int64_t P, int64_t i0, int m, T
             const T *restrict zb = z + i0, *restrict yb = y + i0;                              \
             for (int j = 0; j < m; j++) {                                                      \
                 double lv, gv, wv = wp[j];                                                     \
-                fl_el_##OP(zb[j], yb[j], pp[j], cs, &lv, &gv);                                 \
+                fl_el_##OP(zb[j], yb[j], pp[j], cs, FL_LOWP, &lv, &gv);                                 \
                 lb[j] = fl_mul0(wv, lv);                                                       \
                 gb[j] = fl_mul0(wv, gv);                                                       \
             }                                                                                  \
@@ -60,3 +62,4 @@ FL_EL_RANGE(sigmoid_bce)
 
 #undef FL_EL_RANGE
 #undef FL_V
+#undef FL_LOWP

@@ -43,8 +43,10 @@ FL_INLINE double fl_mul0(double coef, double v)
 }
 
 /* exp(x) for x <= 0 (or NaN): every caller only needs the non-positive
- * half, which cannot overflow.  ~1 ulp; subnormal results rounded once. */
-FL_INLINE double fl_exp_nonpos(double x)
+ * half, which cannot overflow.  ~1 ulp; subnormal results rounded once.
+ * lp (a compile-time constant after inlining): accurate enough for a
+ * float32 result only, with a shorter polynomial. */
+FL_INLINE double fl_exp_nonpos(double x, int lp)
 {
     const double shifter = 0x1.8p52;  /* adding it rounds to an integer in the low bits */
     /* exp(-746) < 2^-1075 rounds to 0: clamping also maps -inf there; NaN
@@ -55,13 +57,19 @@ FL_INLINE double fl_exp_nonpos(double x)
     kd -= shifter;
     /* Cody-Waite: ln2 split so kd*LN2_HI is exact; |r| <= ln2/2 */
     double r = (xc - kd * 0x1.62e42fefa3800p-1) - kd * 0x1.ef35793c7673p-45;
-    /* Taylor to degree 13: truncation < 2^-57 on |r| <= ln2/2 */
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
+    /* Taylor polynomial: degree 13 (truncation < 2^-57 on |r| <= ln2/2); for
+     * float32 results degree 8 (< 2^-32: still rounds once to the float) */
+    double p;
+    if (lp) {
+        p = 1.0 / 40320.0;
+    } else {
+        p = 1.0 / 6227020800.0;
+        p = p * r + 1.0 / 479001600.0;
+        p = p * r + 1.0 / 39916800.0;
+        p = p * r + 1.0 / 3628800.0;
+        p = p * r + 1.0 / 362880.0;
+        p = p * r + 1.0 / 40320.0;
+    }
     p = p * r + 1.0 / 5040.0;
     p = p * r + 1.0 / 720.0;
     p = p * r + 1.0 / 120.0;
@@ -81,7 +89,7 @@ FL_INLINE double fl_exp_nonpos(double x)
 
 /* log(u) for u >= 1 finite, plus a correction term c added last (fdlibm
  * style reduction to m in [sqrt(1/2), sqrt(2)), atanh series in s). */
-FL_INLINE double fl_log_ge1_plus(double u, double c)
+FL_INLINE double fl_log_ge1_plus(double u, double c, int lp)
 {
     uint64_t t = fl_bits(u) - 0x3fe6a09e667f3bcdULL;   /* >= 0 for u >= sqrt(1/2) */
     uint64_t k = t >> 52;
@@ -90,13 +98,19 @@ FL_INLINE double fl_log_ge1_plus(double u, double c)
     double f = m - 1.0;
     double s = f / (2.0 + f);
     double z = s * s;
-    /* R = 2z/3 + 2z^2/5 + ...: log(1+f) = f - hfsq + s (hfsq + R) */
-    double R = 2.0 / 21.0;
-    R = R * z + 2.0 / 19.0;
-    R = R * z + 2.0 / 17.0;
-    R = R * z + 2.0 / 15.0;
-    R = R * z + 2.0 / 13.0;
-    R = R * z + 2.0 / 11.0;
+    /* R = 2z/3 + 2z^2/5 + ...: log(1+f) = f - hfsq + s (hfsq + R); 10 terms
+     * (float32 results: 5, truncation < 2^-34) */
+    double R;
+    if (lp) {
+        R = 2.0 / 11.0;
+    } else {
+        R = 2.0 / 21.0;
+        R = R * z + 2.0 / 19.0;
+        R = R * z + 2.0 / 17.0;
+        R = R * z + 2.0 / 15.0;
+        R = R * z + 2.0 / 13.0;
+        R = R * z + 2.0 / 11.0;
+    }
     R = R * z + 2.0 / 9.0;
     R = R * z + 2.0 / 7.0;
     R = R * z + 2.0 / 5.0;
@@ -114,17 +128,17 @@ FL_INLINE double fl_log1p_nonneg(double x)
 {
     double u = 1.0 + x;
     double c = (x - (u - 1.0)) / u;
-    double r = fl_log_ge1_plus(u < 0x1p1023 ? u : 1.0, c);
+    double r = fl_log_ge1_plus(u < 0x1p1023 ? u : 1.0, c, 0);
     return x < __builtin_inf() ? r : x;  /* +inf -> +inf, NaN -> NaN */
 }
 
 /* sigmoid(z) and sigmoid(-z), each ~1 ulp; sigmoid(-z) is never formed as
  * 1 - sigmoid(z) (that rounds to 0 for z > 37 and zeroes s(1-s)).  Also
  * returns e = exp(-|z|) and 1/(1+e) for softplus. */
-FL_INLINE void fl_sigmoid_pair(double z, double *s, double *sn, double *e_out, double *big_out)
+FL_INLINE void fl_sigmoid_pair(double z, int lp, double *s, double *sn, double *e_out, double *big_out)
 {
     double az = z < 0 ? -z : z;
-    double e = fl_exp_nonpos(-az);  /* in [0, 1]: cannot overflow */
+    double e = fl_exp_nonpos(-az, lp);  /* in [0, 1]: cannot overflow */
     double big = 1.0 / (1.0 + e);
     double small = e * big;         /* e/(1+e), subnormal when e is: kept */
     int pos = z >= 0;
@@ -137,10 +151,10 @@ FL_INLINE void fl_sigmoid_pair(double z, double *s, double *sn, double *e_out, d
 /* log1p(e) for e = exp(-|z|) in [0, 1], given big = 1/(1+e): the rounding
  * correction of 1+e reuses big instead of a second division.  softplus(z)
  * = max(z, 0) + this. */
-FL_INLINE double fl_log1p_small(double e, double big)
+FL_INLINE double fl_log1p_small(double e, double big, int lp)
 {
     double u = 1.0 + e;
-    return fl_log_ge1_plus(u, (e - (u - 1.0)) * big);
+    return fl_log_ge1_plus(u, (e - (u - 1.0)) * big, lp);
 }
 
 #endif

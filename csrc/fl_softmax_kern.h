@@ -21,7 +21,7 @@ FL_INLINE double FL_V(fl_exp_row)(const T *restrict z, double m, int64_t am, int
     } else {
         /* z - m <= 0, exact near the max (Sterbenz) */
         for (int64_t k = 0; k < C; k++)
-            eb[k] = fl_exp_nonpos((double)z[k] - m);
+            eb[k] = fl_exp_nonpos((double)z[k] - m, sizeof(T) == 4);  /* short polynomial for float32 */
     }
     int64_t k = 0;
     for (; k + 4 <= C; k += 4)

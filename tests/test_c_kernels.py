@@ -96,7 +96,7 @@ def test_elementwise_matches_reference(op, dtype, weights):
     ls, gs = _term_scales(op, z, y, w, pw, scale)
     assert_close(l_c, l_ref, ls, dtype, f"{op} loss")
     assert_close(g_c, g_ref, gs, dtype, f"{op} grad")
-    assert_close(s_c, s_ref, np.sum(ls) + np.sum(np.abs(l_ref.astype(np.float64))), np.float64, f"{op} sum")
+    assert_close(s_c, s_ref, np.sum(ls) + np.sum(np.abs(l_ref.astype(np.float64))), dtype, f"{op} sum")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
