@@ -62,33 +62,6 @@ typedef struct {
     int64_t first;     /* first block of the chunk being run */
 } fl_el_ctx;
 
-/* Fixed-order sum of one block: lane q of 4 accumulators takes the
- * elements j with j % 4 == q, then a fixed tree; GNU vector extensions make
- * gcc keep the lanes in one register (it cannot reorder a plain sum). */
-#if defined(__GNUC__)
-typedef double fl_v4 __attribute__((vector_size(32)));
-#endif
-static inline double fl_block_sum(const double *v, int m)
-{
-    double acc[4] = {0, 0, 0, 0};
-    int j = 0;
-#if defined(__GNUC__)
-    fl_v4 a = {0, 0, 0, 0};
-    for (; j + 4 <= m; j += 4) {
-        fl_v4 x;
-        memcpy(&x, v + j, sizeof x);
-        a += x;
-    }
-    memcpy(acc, &a, sizeof a);
-#endif
-    for (; j + 4 <= m; j += 4)
-        for (int q = 0; q < 4; q++)
-            acc[q] += v[j + q];
-    for (; j < m; j++)
-        acc[j & 3] += v[j];
-    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
-}
-
 /* Blocks go in chunks of FL_CHUNK whose partials live on the stack (no
  * malloc to fail); chunk by chunk, partials are added in block order. */
 #define FL_CHUNK 4096

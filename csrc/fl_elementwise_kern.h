@@ -51,7 +51,7 @@ FL_INLINE const T *FL_V(fl_periodic)(const T *w, int64_t P, int64_t i0, int m, T
             if (l != NULL)                                                                     \
                 for (int j = 0; j < m; j++)                                                    \
                     l[i0 + j] = (T)lb[j];                                                      \
-            c->partials[b] = fl_block_sum(lb, m);                                               \
+            c->partials[b] = fl_sum(lb, m);                                                     \
         }                                                                                      \
     }
 

@@ -33,6 +33,33 @@ int fl_isa(void);
 FL_INLINE uint64_t fl_bits(double x) { uint64_t u; memcpy(&u, &x, 8); return u; }
 FL_INLINE double fl_from_bits(uint64_t u) { double x; memcpy(&x, &u, 8); return x; }
 
+/* Fixed-order sum: lane q of 4 accumulators takes the elements j with
+ * j % 4 == q, then a fixed tree.  GNU vector extensions keep the lanes in
+ * one register (gcc may not reorder a plain sum); same order either way. */
+#if defined(__GNUC__)
+typedef double fl_v4 __attribute__((vector_size(32)));
+#endif
+FL_INLINE double fl_sum(const double *v, int64_t m)
+{
+    double acc[4] = {0, 0, 0, 0};
+    int64_t j = 0;
+#if defined(__GNUC__)
+    fl_v4 a = {0, 0, 0, 0};
+    for (; j + 4 <= m; j += 4) {
+        fl_v4 x;
+        memcpy(&x, v + j, sizeof x);
+        a += x;
+    }
+    memcpy(acc, &a, sizeof a);
+#endif
+    for (; j + 4 <= m; j += 4)
+        for (int q = 0; q < 4; q++)
+            acc[q] += v[j + q];
+    for (; j < m; j++)
+        acc[j & 3] += v[j];
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
 /* coef * v with 0 * inf := 0 (a zero weight or target coefficient masks
  * exactly).  An AND with a compare mask, not a branch: gcc would otherwise
  * turn the select into masked loads of the inputs of v. */

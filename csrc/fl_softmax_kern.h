@@ -14,22 +14,19 @@ FL_INLINE void FL_V(fl_fill)(T *g, int64_t C, double v)
  * A row holding +inf takes the limit: e = 1 on its +inf entries, else 0. */
 FL_INLINE double FL_V(fl_exp_row)(const T *restrict z, double m, int64_t am, int64_t C, double *restrict eb)
 {
-    double acc[4] = {0, 0, 0, 0};
     if (m == __builtin_inf()) {
         for (int64_t k = 0; k < C; k++)
             eb[k] = z[k] == (T)m ? 1.0 : 0.0;
     } else {
-        /* z - m <= 0, exact near the max (Sterbenz) */
+        /* z - m <= 0, exact near the max (Sterbenz); short polynomial for float32 */
         for (int64_t k = 0; k < C; k++)
-            eb[k] = fl_exp_nonpos((double)z[k] - m, sizeof(T) == 4);  /* short polynomial for float32 */
+            eb[k] = fl_exp_nonpos((double)z[k] - m, sizeof(T) == 4);
     }
-    int64_t k = 0;
-    for (; k + 4 <= C; k += 4)
-        for (int q = 0; q < 4; q++)
-            acc[q] += k + q == am ? 0.0 : eb[k + q];
-    for (; k < C; k++)
-        acc[k & 3] += k == am ? 0.0 : eb[k];
-    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    /* S' leaves out e_am = 1: log1p(S') keeps what 1 + S' would round off */
+    eb[am] = 0.0;
+    double s1 = fl_sum(eb, C);
+    eb[am] = 1.0;
+    return s1;
 }
 
 /* sum_k mul0(a_k, z_k - m) with a_k = t_k w_k, and A = sum_k a_k */
@@ -94,20 +91,35 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
         double w_am = w != NULL ? (double)w[am] : 1.0;
         double sc = c->scale;
 
+        /* p = e / S; for float32 results one reciprocal (an extra rounding
+         * far below float32's) instead of a division per entry */
+        double invS = 1.0 / S;
+#define FL_P(k) (sizeof(T) == 4 ? eb[k] * invS : eb[k] / S)
         if (!c->op_mse) {
-            double A;
-            double dot = FL_V(fl_target_dot)(z, m, pr, y, w, C, keep, spread, &A);
+            double A, dot;
+            int plain = pr == NULL && spread == 0.0;  /* one-hot labels: one nonzero a */
+            if (plain) {
+                double sh_y = m == __builtin_inf() ? (z[y] == (T)m ? 0.0 : -__builtin_inf()) : (double)z[y] - m;
+                A = w != NULL ? (double)w[y] : 1.0;
+                dot = fl_mul0(A, sh_y);
+            } else {
+                dot = FL_V(fl_target_dot)(z, m, pr, y, w, C, keep, spread, &A);
+            }
             /* -sum a log p = A log S - sum a (z - m): both terms >= 0, so a
              * dominant label (p -> 1) loses nothing to cancellation */
             c->loss[r] = A * fl_log1p_nonneg(s1) - dot;
             if (g == NULL)
                 continue;
-            double invS = 1.0 / S;
-            (void)invS;
-            for (int64_t k = 0; k < C; k++) {
-                double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
-                double a = t * (w != NULL ? (double)w[k] : 1.0);
-                g[k] = (T)(sc * ((eb[k] / S) * A - a));
+            if (plain) {
+                for (int64_t k = 0; k < C; k++)
+                    g[k] = (T)(sc * (FL_P(k) * A));
+                g[y] = (T)(sc * (FL_P(y) * A - A));
+            } else {
+                for (int64_t k = 0; k < C; k++) {
+                    double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
+                    double a = t * (w != NULL ? (double)w[k] : 1.0);
+                    g[k] = (T)(sc * (FL_P(k) * A - a));
+                }
             }
             /* argmax entry: p A - a = (A - a) - A q, exact when p rounds to 1 */
             g[am] = (T)(sc * ((A - t_am * w_am) - A * q));
@@ -130,7 +142,7 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
                 continue;
             double D = d_rest + wd_am * p_am;
             for (int64_t k = 0; k < C; k++) {
-                double p = eb[k] / S;
+                double p = FL_P(k);
                 double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
                 double wd = (w != NULL ? (double)w[k] : 1.0) * (p - t);
                 g[k] = (T)(sc * (2.0 * p * (wd - D)));
@@ -141,5 +153,6 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
     }
     free(eb);
 }
+#undef FL_P
 
 #undef FL_V
