@@ -1,0 +1,65 @@
+/* Instantiated by fl_elementwise_impl.h per dtype T and ISA variant VAR
+ * (function attributes FL_ATTR): the blocked loops of the three ops. */
+#define FL_V(name) FL_CAT(FL_N(name), VAR)
+/* float32 results need less than float64 accuracy from exp/log */
+#define FL_LOWP (sizeof(T) == 4)
+
+/* Block [i0, i0+m) element parameters: w[i % P] as a contiguous pointer,
+ * expanded into buf when P does not cover the block contiguously. */
+FL_INLINE const T *FL_V(fl_periodic)(const T *w, int64_t P, int64_t i0, int m, T *buf, const T *ones)
+{
+    if (w == NULL)
+        return ones;
+    int64_t k = i0 % P;
+    if (k + m <= P)
+        return w + k;
+    for (int j = 0; j < m; j++) {  /* running index: no division per element */
+        buf[j] = w[k];
+        if (++k == P)
+            k = 0;
+    }
+    return buf;
+}
+
+#define FL_EL_RANGE(OP)                                                                        \
+    static FL_ATTR void FL_V(fl_range_##OP)(void *vctx, int64_t b0, int64_t b1)              \
+    {                                                                                          \
+        const fl_el_ctx *c = vctx;                                                             \
+        const T *z = c->z, *y = c->y;                                                          \
+        T *g = c->g, *l = c->l;                                                                \
+        double cs = FL_CAT2(fl_scale, OP)(c->scale);                                           \
+        T ones[FL_BLOCK], wbuf[FL_BLOCK], pwbuf[FL_BLOCK];                                     \
+        double lb[FL_BLOCK], gb[FL_BLOCK];                                                     \
+        for (int j = 0; j < FL_BLOCK; j++)                                                     \
+            ones[j] = 1;                                                                       \
+        for (int64_t b = b0; b < b1; b++) {                                                    \
+            int64_t i0 = (c->first + b) * FL_BLOCK;                                                       \
+            int m = (int)(c->n - i0 < FL_BLOCK ? c->n - i0 : FL_BLOCK);                        \
+            const T *restrict wp = FL_V(fl_periodic)(c->w, c->P, i0, m, wbuf, ones);           \
+            const T *restrict pp = FL_V(fl_periodic)(c->pw, c->Ppw, i0, m, pwbuf, ones);       \
+            const T *restrict zb = z + i0, *restrict yb = y + i0;                              \
+            for (int j = 0; j < m; j++) {                                                      \
+                double lv, gv, wv = wp[j];                                                     \
+                fl_el_##OP(zb[j], yb[j], pp[j], cs, FL_LOWP, &lv, &gv);                                 \
+                lb[j] = fl_mul0(wv, lv);                                                       \
+                gb[j] = fl_mul0(wv, gv);                                                       \
+            }                                                                                  \
+            /* written after all reads of the block: grad may alias z */                      \
+            if (g != NULL)                                                                     \
+                for (int j = 0; j < m; j++)                                                    \
+                    g[i0 + j] = (T)gb[j];                                                      \
+            if (l != NULL)                                                                     \
+                for (int j = 0; j < m; j++)                                                    \
+                    l[i0 + j] = (T)lb[j];                                                      \
+            c->partials[b] = fl_sum(lb, m);                                                     \
+        }                                                                                      \
+    }
+
+
+FL_EL_RANGE(mse)
+FL_EL_RANGE(sigmoid_mse)
+FL_EL_RANGE(sigmoid_bce)
+
+#undef FL_EL_RANGE
+#undef FL_V
+#undef FL_LOWP

@@ -1,0 +1,187 @@
+/* Scalar math shared by every kernel: written once, inlined everywhere.
+ *
+ * Plain arithmetic and integer bit tricks only (no libm calls), so gcc can
+ * vectorise the loops that use them without -ffast-math, and inf/NaN and
+ * subnormal behaviour stays exact.  Everything is float64; float32 kernels
+ * widen, compute here and round once.
+ */
+#ifndef FL_MATH_H
+#define FL_MATH_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* Runtime dispatch (x86-64 + GCC): every kernel loop is compiled three
+ * times -- portable, x86-64-v3 (AVX2+FMA) and x86-64-v4 (AVX-512, 512-bit
+ * vectors) -- and fl_isa() picks one per process.  FASTLOSS_C_NATIVE builds
+ * define FL_NO_CLONES and compile only the -march=native one. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FL_NO_CLONES)
+#define FL_MULTI_ISA 1
+#define FL_ATTR_V3 __attribute__((target("arch=x86-64-v3")))
+#define FL_ATTR_V4 __attribute__((target("arch=x86-64-v4,prefer-vector-width=512")))
+#endif
+
+/* 4: AVX-512, 3: AVX2+FMA, 0: portable; capped by FASTLOSS_C_ISA. */
+int fl_isa(void);
+
+#define FL_CAT2(a, b) a##_##b
+#define FL_CAT(a, b) FL_CAT2(a, b)
+
+/* the math must inline into the vectorised loops */
+#define FL_INLINE static inline __attribute__((always_inline))
+
+FL_INLINE uint64_t fl_bits(double x) { uint64_t u; memcpy(&u, &x, 8); return u; }
+FL_INLINE double fl_from_bits(uint64_t u) { double x; memcpy(&x, &u, 8); return x; }
+
+/* Fixed-order sum: lane q of 4 accumulators takes the elements j with
+ * j % 4 == q, then a fixed tree.  GNU vector extensions keep the lanes in
+ * one register (gcc may not reorder a plain sum); same order either way. */
+#if defined(__GNUC__)
+typedef double fl_v4 __attribute__((vector_size(32)));
+#endif
+FL_INLINE double fl_sum(const double *v, int64_t m)
+{
+    double acc[4] = {0, 0, 0, 0};
+    int64_t j = 0;
+#if defined(__GNUC__)
+    fl_v4 a = {0, 0, 0, 0};
+    for (; j + 4 <= m; j += 4) {
+        fl_v4 x;
+        memcpy(&x, v + j, sizeof x);
+        a += x;
+    }
+    memcpy(acc, &a, sizeof a);
+#endif
+    for (; j + 4 <= m; j += 4)
+        for (int q = 0; q < 4; q++)
+            acc[q] += v[j + q];
+    for (; j < m; j++)
+        acc[j & 3] += v[j];
+    return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+/* coef * v with 0 * inf := 0 (a zero weight or target coefficient masks
+ * exactly).  An AND with a compare mask, not a branch: gcc would otherwise
+ * turn the select into masked loads of the inputs of v. */
+FL_INLINE double fl_mul0(double coef, double v)
+{
+    uint64_t keep = (uint64_t)0 - (uint64_t)(coef != 0);
+    return fl_from_bits(fl_bits(coef * v) & keep);
+}
+
+/* exp(x) for x <= 0 (or NaN): every caller only needs the non-positive
+ * half, which cannot overflow.  ~1 ulp; subnormal results rounded once.
+ * lp (a compile-time constant after inlining): accurate enough for a
+ * float32 result only, with a shorter polynomial. */
+FL_INLINE double fl_exp_nonpos(double x, int lp)
+{
+    const double shifter = 0x1.8p52;  /* adding it rounds to an integer in the low bits */
+    /* exp(-746) < 2^-1075 rounds to 0: clamping also maps -inf there; NaN
+     * fails the comparison and stays NaN. */
+    double xc = x < -746.0 ? -746.0 : x;
+    double kd = xc * 0x1.71547652b82fep0 + shifter;
+    int64_t k = (int64_t)(fl_bits(kd) - fl_bits(shifter));  /* round(x/ln2), in [-1077, 0] */
+    kd -= shifter;
+    /* Cody-Waite: ln2 split so kd*LN2_HI is exact; |r| <= ln2/2 */
+    double r = (xc - kd * 0x1.62e42fefa3800p-1) - kd * 0x1.ef35793c7673p-45;
+    /* Taylor polynomial: degree 13 (truncation < 2^-57 on |r| <= ln2/2); for
+     * float32 results degree 8 (< 2^-32: still rounds once to the float) */
+    double p;
+    if (lp) {
+        p = 1.0 / 40320.0;
+    } else {
+        p = 1.0 / 6227020800.0;
+        p = p * r + 1.0 / 479001600.0;
+        p = p * r + 1.0 / 39916800.0;
+        p = p * r + 1.0 / 3628800.0;
+        p = p * r + 1.0 / 362880.0;
+        p = p * r + 1.0 / 40320.0;
+    }
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    /* 2^k in two normal factors: the first product is exact, the second
+     * rounds once into the subnormal range instead of flushing. */
+    int64_t k1 = -(int64_t)((uint64_t)(-k) >> 1);
+    int64_t k2 = k - k1;
+    double s1 = fl_from_bits((uint64_t)(k1 + 1023) << 52);
+    double s2 = fl_from_bits((uint64_t)(k2 + 1023) << 52);
+    return (p * s1) * s2;
+}
+
+/* log(u) for u >= 1 finite, plus a correction term c added last (fdlibm
+ * style reduction to m in [sqrt(1/2), sqrt(2)), atanh series in s). */
+FL_INLINE double fl_log_ge1_plus(double u, double c, int lp)
+{
+    uint64_t t = fl_bits(u) - 0x3fe6a09e667f3bcdULL;   /* >= 0 for u >= sqrt(1/2) */
+    uint64_t k = t >> 52;
+    double m = fl_from_bits(fl_bits(u) - (k << 52));
+    double kd = fl_from_bits(0x4330000000000000ULL + k) - 0x1p52;  /* exact int -> double */
+    double f = m - 1.0;
+    double s = f / (2.0 + f);
+    double z = s * s;
+    /* R = 2z/3 + 2z^2/5 + ...: log(1+f) = f - hfsq + s (hfsq + R); 10 terms
+     * (float32 results: 5, truncation < 2^-34) */
+    double R;
+    if (lp) {
+        R = 2.0 / 11.0;
+    } else {
+        R = 2.0 / 21.0;
+        R = R * z + 2.0 / 19.0;
+        R = R * z + 2.0 / 17.0;
+        R = R * z + 2.0 / 15.0;
+        R = R * z + 2.0 / 13.0;
+        R = R * z + 2.0 / 11.0;
+    }
+    R = R * z + 2.0 / 9.0;
+    R = R * z + 2.0 / 7.0;
+    R = R * z + 2.0 / 5.0;
+    R = R * z + 2.0 / 3.0;
+    R = R * z;
+    double hfsq = 0.5 * f * f;
+    /* small terms first, f and k ln2 last: keeps ~1 ulp near u = 1 */
+    return kd * 0x1.62e42fefa3800p-1
+           - (((hfsq - (s * (hfsq + R) + (kd * 0x1.ef35793c7673p-45 + c)))) - f);
+}
+
+/* log1p(x) for x >= 0, +inf or NaN: log(1+x) with the rounding error of
+ * 1+x put back, so tiny (even subnormal) x returns x exactly. */
+FL_INLINE double fl_log1p_nonneg(double x)
+{
+    double u = 1.0 + x;
+    double c = (x - (u - 1.0)) / u;
+    double r = fl_log_ge1_plus(u < 0x1p1023 ? u : 1.0, c, 0);
+    return x < __builtin_inf() ? r : x;  /* +inf -> +inf, NaN -> NaN */
+}
+
+/* sigmoid(z) and sigmoid(-z), each ~1 ulp; sigmoid(-z) is never formed as
+ * 1 - sigmoid(z) (that rounds to 0 for z > 37 and zeroes s(1-s)).  Also
+ * returns e = exp(-|z|) and 1/(1+e) for softplus. */
+FL_INLINE void fl_sigmoid_pair(double z, int lp, double *s, double *sn, double *e_out, double *big_out)
+{
+    double az = z < 0 ? -z : z;
+    double e = fl_exp_nonpos(-az, lp);  /* in [0, 1]: cannot overflow */
+    double big = 1.0 / (1.0 + e);
+    double small = e * big;         /* e/(1+e), subnormal when e is: kept */
+    int pos = z >= 0;
+    *s = pos ? big : small;
+    *sn = pos ? small : big;
+    *e_out = e;
+    *big_out = big;
+}
+
+/* log1p(e) for e = exp(-|z|) in [0, 1], given big = 1/(1+e): the rounding
+ * correction of 1+e reuses big instead of a second division.  softplus(z)
+ * = max(z, 0) + this. */
+FL_INLINE double fl_log1p_small(double e, double big, int lp)
+{
+    double u = 1.0 + e;
+    return fl_log_ge1_plus(u, (e - (u - 1.0)) * big, lp);
+}
+
+#endif

@@ -1,0 +1,45 @@
+/* Softmax fused loss+gradient kernels: cross-entropy and softmax+MSE.
+ *
+ * Mirrors softmax_rows in fastloss/reference.py, one row at a time:
+ *   pass 1  NaN check, max m and first argmax (reads z);
+ *   pass 2  e_k = exp(z_k - m) into a float64 row buffer, S' = sum of e over
+ *           all but the argmax, and the target terms of the loss (last read
+ *           of z: grad may be z itself);
+ *   pass 3  gradient from the buffer.
+ * Rows are independent, so threads split rows and results never depend on
+ * the thread count.  fl_softmax_impl.h instantiates float32 and float64.
+ */
+#include "fastloss.h"
+#include "fl_math.h"
+#include "fl_parallel.h"
+
+#include <stdlib.h>
+
+#define FL_ROW_MIN_PER_THREAD 65536  /* elements per thread before threads pay off */
+
+typedef struct {
+    const void *z, *probs, *w;
+    const int64_t *labels;
+    int64_t R, C, ignore_index;
+    double smoothing;
+    void *g;
+    double *loss;
+    double scale;
+    int op_mse;  /* 0: cross-entropy, 1: softmax_mse */
+} fl_sm_ctx;
+
+/* Target entry t_k: probability (or label indicator) smoothed as in the
+ * reference: t (1 - eps) + eps / C (exactly t when eps = 0). */
+FL_INLINE double fl_target(double t, double keep, double spread) { return t * keep + spread; }
+
+#define T float
+#define SFX f32
+#include "fl_softmax_impl.h"
+#undef T
+#undef SFX
+
+#define T double
+#define SFX f64
+#include "fl_softmax_impl.h"
+#undef T
+#undef SFX

@@ -1,0 +1,49 @@
+/* Instantiated by fl_softmax.c for T = float (SFX f32) and double (f64). */
+#define FL_N(name) FL_CAT(name, SFX)
+
+#define VAR base
+#define FL_ATTR
+#include "fl_softmax_kern.h"
+#undef VAR
+#undef FL_ATTR
+#ifdef FL_MULTI_ISA
+#define VAR v3
+#define FL_ATTR FL_ATTR_V3
+#include "fl_softmax_kern.h"
+#undef VAR
+#undef FL_ATTR
+#define VAR v4
+#define FL_ATTR FL_ATTR_V4
+#include "fl_softmax_kern.h"
+#undef VAR
+#undef FL_ATTR
+#define FL_PICK(name) (fl_isa() >= 4 ? FL_CAT(name, v4) : fl_isa() >= 3 ? FL_CAT(name, v3) : FL_CAT(name, base))
+#else
+#define FL_PICK(name) FL_CAT(name, base)
+#endif
+
+static void FL_N(fl_softmax)(fl_sm_ctx *c)
+{
+    if (c->R <= 0 || c->C <= 0)
+        return;
+    int64_t per = FL_ROW_MIN_PER_THREAD / c->C;
+    fl_parallel_for(FL_PICK(FL_N(fl_rows)), c, c->R, per < 1 ? 1 : per);
+}
+
+void FL_N(fl_softmax_cross_entropy)(const T *z, int64_t R, int64_t C, const int64_t *labels, const T *probs,
+                                    const T *w, int64_t ignore_index, double smoothing, T *grad, double *loss,
+                                    double scale)
+{
+    fl_sm_ctx c = {z, probs, w, labels, R, C, ignore_index, smoothing, grad, loss, scale, 0};
+    FL_N(fl_softmax)(&c);
+}
+
+void FL_N(fl_softmax_mse)(const T *z, int64_t R, int64_t C, const int64_t *labels, const T *probs,
+                          const T *w, int64_t ignore_index, T *grad, double *loss, double scale)
+{
+    fl_sm_ctx c = {z, probs, w, labels, R, C, ignore_index, 0.0, grad, loss, scale, 1};
+    FL_N(fl_softmax)(&c);
+}
+
+#undef FL_N
+#undef FL_PICK

@@ -1,0 +1,158 @@
+/* Instantiated by fl_softmax_impl.h per dtype T and ISA variant VAR
+ * (function attributes FL_ATTR): the row loops. */
+#define FL_V(name) FL_CAT(FL_N(name), VAR)
+
+/* Fill a row of grad with v (NaN rows, skipped rows). */
+FL_INLINE void FL_V(fl_fill)(T *g, int64_t C, double v)
+{
+    if (g != NULL)
+        for (int64_t k = 0; k < C; k++)
+            g[k] = (T)v;
+}
+
+/* Pass 2: e_k into eb and S' (sum over all but the argmax am); returns S'.
+ * A row holding +inf takes the limit: e = 1 on its +inf entries, else 0. */
+FL_INLINE double FL_V(fl_exp_row)(const T *restrict z, double m, int64_t am, int64_t C, double *restrict eb)
+{
+    if (m == __builtin_inf()) {
+        for (int64_t k = 0; k < C; k++)
+            eb[k] = z[k] == (T)m ? 1.0 : 0.0;
+    } else {
+        /* z - m <= 0, exact near the max (Sterbenz); short polynomial for float32 */
+        for (int64_t k = 0; k < C; k++)
+            eb[k] = fl_exp_nonpos((double)z[k] - m, sizeof(T) == 4);
+    }
+    /* S' leaves out e_am = 1: log1p(S') keeps what 1 + S' would round off */
+    eb[am] = 0.0;
+    double s1 = fl_sum(eb, C);
+    eb[am] = 1.0;
+    return s1;
+}
+
+/* sum_k mul0(a_k, z_k - m) with a_k = t_k w_k, and A = sum_k a_k */
+FL_INLINE double FL_V(fl_target_dot)(const T *restrict z, double m, const T *restrict pr, int64_t y,
+                                     const T *restrict w, int64_t C, double keep, double spread, double *A_out)
+{
+    double A = 0.0, dot = 0.0;
+    for (int64_t k = 0; k < C; k++) {
+        double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
+        double a = t * (w != NULL ? (double)w[k] : 1.0);
+        /* +inf row: z - m is 0 on the +inf entries and -inf elsewhere */
+        double sh = m == __builtin_inf() ? (z[k] == (T)m ? 0.0 : -__builtin_inf()) : (double)z[k] - m;
+        A += a;
+        dot += fl_mul0(a, sh);
+    }
+    *A_out = A;
+    return dot;
+}
+
+static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
+{
+    const fl_sm_ctx *c = vctx;
+    const int64_t C = c->C;
+    const T *w = c->w;
+    double keep = 1.0 - c->smoothing, spread = c->smoothing / (double)C;
+    double *eb = malloc(sizeof(double) * (size_t)C);
+    for (int64_t r = r0; r < r1; r++) {
+        const T *restrict z = (const T *)c->z + r * C;
+        const T *restrict pr = c->probs != NULL ? (const T *)c->probs + r * C : NULL;
+        T *g = c->g != NULL ? (T *)c->g + r * C : NULL;
+        int64_t y = c->labels != NULL ? c->labels[r] : -1;
+        int valid = c->labels == NULL || y != c->ignore_index;
+
+        /* pass 1: NaN flag and max (vectorisable), then first argmax */
+        T mx = -__builtin_inf();
+        int nan = 0;
+        for (int64_t k = 0; k < C; k++) {
+            nan |= z[k] != z[k];
+            mx = z[k] > mx ? z[k] : mx;
+        }
+        if (nan) {  /* NaN anywhere in the row: NaN loss and gradient */
+            c->loss[r] = __builtin_nan("");
+            FL_V(fl_fill)(g, C, __builtin_nan(""));
+            continue;
+        }
+        /* ignored row, or every class masked (-inf): loss 0, gradient 0 */
+        if (!valid || mx == -__builtin_inf() || eb == NULL) {
+            c->loss[r] = eb == NULL ? __builtin_nan("") : 0.0;  /* NaN flags out-of-memory */
+            FL_V(fl_fill)(g, C, eb == NULL ? __builtin_nan("") : 0.0);
+            continue;
+        }
+        int64_t am = 0;
+        while (z[am] != mx)
+            am++;
+        double m = mx;
+
+        /* pass 2 */
+        double s1 = FL_V(fl_exp_row)(z, m, am, C, eb);
+        double S = 1.0 + s1;
+        double q = s1 / S;  /* 1 - p_argmax, never formed as a difference */
+        double t_am = fl_target(pr != NULL ? (double)pr[am] : (am == y ? 1.0 : 0.0), keep, spread);
+        double w_am = w != NULL ? (double)w[am] : 1.0;
+        double sc = c->scale;
+
+        /* p = e / S; for float32 results one reciprocal (an extra rounding
+         * far below float32's) instead of a division per entry */
+        double invS = 1.0 / S;
+#define FL_P(k) (sizeof(T) == 4 ? eb[k] * invS : eb[k] / S)
+        if (!c->op_mse) {
+            double A, dot;
+            int plain = pr == NULL && spread == 0.0;  /* one-hot labels: one nonzero a */
+            if (plain) {
+                double sh_y = m == __builtin_inf() ? (z[y] == (T)m ? 0.0 : -__builtin_inf()) : (double)z[y] - m;
+                A = w != NULL ? (double)w[y] : 1.0;
+                dot = fl_mul0(A, sh_y);
+            } else {
+                dot = FL_V(fl_target_dot)(z, m, pr, y, w, C, keep, spread, &A);
+            }
+            /* -sum a log p = A log S - sum a (z - m): both terms >= 0, so a
+             * dominant label (p -> 1) loses nothing to cancellation */
+            c->loss[r] = A * fl_log1p_nonneg(s1) - dot;
+            if (g == NULL)
+                continue;
+            if (plain) {
+                for (int64_t k = 0; k < C; k++)
+                    g[k] = (T)(sc * (FL_P(k) * A));
+                g[y] = (T)(sc * (FL_P(y) * A - A));
+            } else {
+                for (int64_t k = 0; k < C; k++) {
+                    double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
+                    double a = t * (w != NULL ? (double)w[k] : 1.0);
+                    g[k] = (T)(sc * (FL_P(k) * A - a));
+                }
+            }
+            /* argmax entry: p A - a = (A - a) - A q, exact when p rounds to 1 */
+            g[am] = (T)(sc * ((A - t_am * w_am) - A * q));
+        } else {
+            /* d = p - t; at the argmax (1 - t) - q avoids rounding 1 - q */
+            double l = 0.0, d_rest = 0.0;
+            for (int64_t k = 0; k < C; k++) {
+                double p = eb[k] / S;
+                double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
+                double wd = (w != NULL ? (double)w[k] : 1.0) * (p - t);
+                l += k == am ? 0.0 : wd * (p - t);
+                d_rest += k == am ? 0.0 : wd * p;  /* D' = sum over all but the argmax */
+            }
+            double p_am = 1.0 / S;
+            double d_am = (1.0 - t_am) - q;
+            double wd_am = w_am * d_am;
+            l += wd_am * d_am;
+            c->loss[r] = l;
+            if (g == NULL)
+                continue;
+            double D = d_rest + wd_am * p_am;
+            for (int64_t k = 0; k < C; k++) {
+                double p = FL_P(k);
+                double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
+                double wd = (w != NULL ? (double)w[k] : 1.0) * (p - t);
+                g[k] = (T)(sc * (2.0 * p * (wd - D)));
+            }
+            /* argmax entry: w d - D = w d q - D' (no cancellation) */
+            g[am] = (T)(sc * (2.0 * p_am * (wd_am * q - d_rest)));
+        }
+    }
+    free(eb);
+}
+#undef FL_P
+
+#undef FL_V
