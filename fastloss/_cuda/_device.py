@@ -145,9 +145,9 @@ def _elementwise(op, logits, target, weight=None, pos_weight=None, reduction="me
     return loss, (out if out is not None else _wrap(logits, g))
 
 
-@functools.lru_cache(maxsize=None)
-def _label_kernel(use_w):
-    @cuda.jit
+def label_kernel_py(use_w):
+    """Python source of the label range check + per-row 'mean' denominator."""
+
     def check_labels(labels, C, ignore_index, w, den, bad):
         i = cuda.grid(1)
         while i < labels.size:
@@ -162,6 +162,11 @@ def _label_kernel(use_w):
             i += cuda.gridsize(1)
 
     return check_labels
+
+
+@functools.lru_cache(maxsize=None)
+def _label_kernel(use_w):
+    return cuda.jit(label_kernel_py(use_w))
 
 
 def _labels_denominator(labels, C, ignore_index, w, batch, use_w):
