@@ -40,6 +40,8 @@ def _as_dev(a, name):
     if isinstance(a, _Fake):
         return a
     if is_device_array(a):
+        if type(a).__module__.split(".")[0] == "torch":
+            a = a.detach()  # torch refuses __cuda_array_interface__ on tensors that require grad
         d = cuda.as_cuda_array(a)
     else:
         d = cuda.to_device(np.ascontiguousarray(a))  # a host operand: copied once

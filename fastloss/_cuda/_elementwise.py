@@ -55,14 +55,14 @@ def kernel_py(op, has_w, has_pw, want_grad, want_loss, threads, shfl):
                 g = ((c * r) * s) * sn
             else:
                 s, sn = sigmoid_pair(zi)
-                a = yi * float64(pw[i % npw]) if has_pw else yi
+                a = yi * float64(pw[i] if npw == n else pw[i % npw]) if has_pw else yi
                 b = 1.0 - yi
                 # two non-negative terms: no cancellation; zero coefficients mask inf
                 l = mul0(a, softplus(-zi)) + mul0(b, softplus(zi))
                 # b*s - a*sn: exact at y in {0, 1} and at z = +-inf
                 g = scale * (b * s - a * sn)
             if has_w:
-                wi = float64(w[i % nw])
+                wi = float64(w[i] if nw == n else w[i % nw])  # skip the 64-bit modulo when P == n
                 l = mul0(wi, l)
                 g = mul0(wi, g)
             if want_loss:
