@@ -237,7 +237,9 @@ def _softmax(op, logits, target, axis=-1, weight=None, ignore_index=-100, label_
     else:
         denom = 0.0
     scale = (1.0 / denom if denom else 0.0) if reduction == "mean" else 1.0
-    rows = cuda.device_array(R, dtype=rdt if reduction == "none" else np.float64)
+    rows_dt = rdt if reduction == "none" else np.float64
+    # rows of zero classes get no kernel launch: their loss is 0
+    rows = cuda.device_array(R, dtype=rows_dt) if z.size else cuda.to_device(np.zeros(R, dtype=rows_dt))
     if z.size:
         softmax_dev(op, z.reshape(z.size), labels, probs, w, ignore_index, eps,
                     None if g is None else g.reshape(z.size), rows, scale, C, inner)

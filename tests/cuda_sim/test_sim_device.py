@@ -110,3 +110,30 @@ def test_host_interface_through_public_api():
     assert got[0] == pytest.approx(want[0], rel=1e-13)
     assert_close(got[1], want[1], np.float64, "grad")
     assert "cuda" in fastloss.available_backends()
+
+
+def test_softmax_float16_probs_none():
+    z, p = LOSSES["softmax_mse"].make_inputs((3, 20), np.float16, probs=True)
+    want_l, want_g = fastloss.softmax_mse(z, p, reduction="none", return_grad=True, backend="numpy")
+    got_l, got_g = _cuda.device_call("softmax_mse", cuda.to_device(z), cuda.to_device(p), reduction="none",
+                                     return_grad=True)
+    assert _host(got_l).dtype == np.float16 and _host(got_g).dtype == np.float16
+    assert np.allclose(_host(got_l).astype(float), want_l, rtol=2e-3, atol=1e-7)
+    assert np.allclose(_host(got_g).astype(float), want_g, rtol=2e-3, atol=1e-7)
+
+
+def test_empty_inputs():
+    z = cuda.to_device(np.zeros((0, 5), np.float32))
+    loss, g = _cuda.device_call("softmax_cross_entropy", z, cuda.to_device(np.zeros(0, np.int64)),
+                                return_grad=True)
+    assert loss == 0.0 and g.shape == (0, 5)
+    loss = _cuda.device_call("sigmoid_bce", cuda.to_device(np.zeros(0)), cuda.to_device(np.zeros(0)))
+    assert loss == 0.0
+
+
+def test_zero_classes_rows_get_zero_loss():
+    z = np.zeros((3, 0), np.float64)
+    p = np.zeros((3, 0), np.float64)
+    want = fastloss.softmax_cross_entropy(z, p, reduction="none", backend="numpy")
+    got = _cuda.device_call("softmax_cross_entropy", cuda.to_device(z), cuda.to_device(p), reduction="none")
+    assert np.array_equal(_host(got), want)
