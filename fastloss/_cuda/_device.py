@@ -14,6 +14,7 @@ logits are read and written as float16 by the kernels (math in float64).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -23,7 +24,7 @@ from numba import cuda, float64
 from .. import _validate as V
 from ._elementwise import OPS as ELEMENTWISE_OPS
 from ._elementwise import elementwise_dev
-from ._reduce import SIM, THREADS, device_sum, grid_for
+from ._reduce import SIM, THREADS, device_sum, grid_for, to_host
 from ._softmax import softmax_dev
 
 if SIM:  # the simulator's arrays have no __cuda_array_interface__
@@ -36,7 +37,7 @@ def is_device_array(a):
     return isinstance(a, _Fake) or (hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray))
 
 
-def _as_dev(a, name):
+def _as_dev(a, name, stream=0):
     if isinstance(a, _Fake):
         return a
     if is_device_array(a):
@@ -44,7 +45,7 @@ def _as_dev(a, name):
             a = a.detach()  # torch refuses __cuda_array_interface__ on tensors that require grad
         d = cuda.as_cuda_array(a)
     else:
-        d = cuda.to_device(np.ascontiguousarray(a))  # a host operand: copied once
+        d = cuda.to_device(np.ascontiguousarray(a), stream=stream)  # a host operand: copied once
     if d.size and not d.is_c_contiguous():
         raise ValueError(f"{name} on the device must be C-contiguous")
     return d
@@ -61,7 +62,7 @@ def _span(d):
 
 def _wrap(like, d):
     """``d`` as the same kind of array as ``like`` when zero-copy is possible."""
-    kind = type(like).__module__.split(".")[0]
+    kind = _kind(like)
     if kind == "torch":
         import torch
 
@@ -71,6 +72,33 @@ def _wrap(like, d):
 
         return cupy.asarray(d)
     return d
+
+
+def _kind(a):
+    return type(a).__module__.split(".")[0]
+
+
+def _caller_stream(like):
+    """The stream PyTorch/CuPy queue work on for ``like``, so ours is ordered with theirs."""
+    ptr = 0
+    if not SIM and _kind(like) == "torch":
+        import torch
+
+        ptr = torch.cuda.current_stream(like.device).cuda_stream
+    elif not SIM and _kind(like) == "cupy":
+        import cupy
+
+        ptr = cupy.cuda.get_current_stream().ptr
+    return cuda.external_stream(ptr) if ptr else 0
+
+
+def _on_device_of(like):
+    """Run on the GPU holding ``like`` (PyTorch/CuPy); else numba's current one."""
+    if not SIM and _kind(like) == "torch" and like.device.index is not None:
+        return cuda.gpus[like.device.index]
+    if not SIM and _kind(like) == "cupy":
+        return cuda.gpus[like.device.id]
+    return contextlib.nullcontext()
 
 
 def _check_out(out, z, shape, rdt):
@@ -89,12 +117,12 @@ def _check_out(out, z, shape, rdt):
     return d
 
 
-def _periodic_dev(param, shape, cdt, name):
+def _periodic_dev(param, shape, cdt, name, stream=0):
     """Device version of :func:`fastloss._validate.periodic_param` (no expansion)."""
     if param is None:
         return None
     if not is_device_array(param):
-        return cuda.to_device(V.periodic_param(param, shape, cdt, name))
+        return cuda.to_device(V.periodic_param(param, shape, cdt, name), stream=stream)
     p = _as_dev(param, name)
     if p.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real numeric array; got dtype {p.dtype}")
@@ -113,31 +141,32 @@ def _periodic_dev(param, shape, cdt, name):
     return p.reshape(max(p.size, 1))
 
 
-def _elementwise(op, logits, target, weight=None, pos_weight=None, reduction="mean", return_grad=False, out=None):
+def _elementwise(op, logits, target, weight=None, pos_weight=None, reduction="mean", return_grad=False, out=None,
+                 stream=0):
     V.check_reduction(reduction)
     V.check_grad_request(return_grad, out)
-    z = _as_dev(logits, "logits")
+    z = _as_dev(logits, "logits", stream)
     cdt, rdt = V.compute_dtype(z.dtype)
     shape = z.shape
-    y = _as_dev(target, "target")
+    y = _as_dev(target, "target", stream)
     if y.dtype.kind not in "biuf":
         raise TypeError(f"target must be a real numeric array; got dtype {y.dtype}")
     if y.shape != shape:
         raise ValueError(f"target must have the logits' shape {shape}; got {y.shape}")
-    w = _periodic_dev(weight, shape, cdt, "weight")
-    pw = _periodic_dev(pos_weight, shape, cdt, "pos_weight") if op == "sigmoid_bce" else None
+    w = _periodic_dev(weight, shape, cdt, "weight", stream)
+    pw = _periodic_dev(pos_weight, shape, cdt, "pos_weight", stream) if op == "sigmoid_bce" else None
     g = _check_out(out, z, shape, rdt) if return_grad else None
     n = z.size
     if return_grad and g is None:
-        g = cuda.device_array(shape, dtype=rdt)
+        g = cuda.device_array(shape, dtype=rdt, stream=stream)
     if w is not None and op != "sigmoid_bce":  # torch: mse_loss divides by the broadcast weight sum
-        denom = device_sum(w) * (n // w.size) if n else 0.0
+        denom = device_sum(w, stream) * (n // w.size) if n else 0.0
     else:
         denom = float(n)
     scale = (1.0 / denom if denom else 0.0) if reduction == "mean" else 1.0
-    per = cuda.device_array(shape, dtype=rdt) if reduction == "none" else None
+    per = cuda.device_array(shape, dtype=rdt, stream=stream) if reduction == "none" else None
     flat = (lambda a: None if a is None else a.reshape(n)) if n else (lambda a: None)
-    total = elementwise_dev(op, flat(z), flat(y), w, pw, flat(g), flat(per), scale) if n else 0.0
+    total = elementwise_dev(op, flat(z), flat(y), w, pw, flat(g), flat(per), scale, stream) if n else 0.0
     if reduction == "none":
         loss = _wrap(logits, per)
     else:
@@ -171,27 +200,27 @@ def _label_kernel(use_w):
     return cuda.jit(label_kernel_py(use_w))
 
 
-def _labels_denominator(labels, C, ignore_index, w, batch, use_w):
+def _labels_denominator(labels, C, ignore_index, w, batch, use_w, stream=0):
     """Range-check labels on the device; the 'mean' denominator (sum of w[y] or count)."""
     R = labels.size
-    den = cuda.device_array(R, dtype=np.float64)
-    bad = cuda.to_device(np.array([R], dtype=np.int64))
-    wd = w if w is not None else cuda.device_array(1, dtype=np.float64)
-    _label_kernel(use_w)[grid_for(R), THREADS](labels, C, ignore_index, wd, den, bad)
-    first = int(bad.copy_to_host()[0])
+    den = cuda.device_array(R, dtype=np.float64, stream=stream)
+    bad = cuda.to_device(np.array([R], dtype=np.int64), stream=stream)
+    wd = w if w is not None else cuda.device_array(1, dtype=np.float64, stream=stream)
+    _label_kernel(use_w)[grid_for(R), THREADS, stream](labels, C, ignore_index, wd, den, bad)
+    first = int(to_host(bad, stream)[0])
     if first < R:
-        value = int(labels[first:first + 1].copy_to_host()[0])
+        value = int(to_host(labels[first:first + 1], stream)[0])
         pos = tuple(int(i) for i in np.unravel_index(first, batch))
         raise ValueError(f"target has label {value} at position {pos}; labels must be in "
                          f"[0, {C}) or equal ignore_index={ignore_index}")
-    return device_sum(den)
+    return device_sum(den, stream)
 
 
 def _softmax(op, logits, target, axis=-1, weight=None, ignore_index=-100, label_smoothing=0.0, reduction="mean",
-             return_grad=False, out=None):
+             return_grad=False, out=None, stream=0):
     V.check_reduction(reduction)
     V.check_grad_request(return_grad, out)
-    z = _as_dev(logits, "logits")
+    z = _as_dev(logits, "logits", stream)
     cdt, rdt = V.compute_dtype(z.dtype)
     if z.ndim == 0:
         raise ValueError("logits must have at least one dimension (the class axis)")
@@ -203,7 +232,7 @@ def _softmax(op, logits, target, axis=-1, weight=None, ignore_index=-100, label_
     inner = math.prod(shape[ax + 1:])
     batch = shape[:ax] + shape[ax + 1:]
     R = math.prod(batch)
-    t = _as_dev(target, "target")
+    t = _as_dev(target, "target", stream)
     labels = probs = None
     if t.dtype.kind in "iu":
         if t.shape != batch:
@@ -225,28 +254,30 @@ def _softmax(op, logits, target, axis=-1, weight=None, ignore_index=-100, label_
         if w.shape != (C,):
             raise ValueError(f"weight must have shape ({C},), one value per class; got {w.shape}")
     else:
-        w = cuda.to_device(V.check_class_weight(weight, C, cdt))
+        w = cuda.to_device(V.check_class_weight(weight, C, cdt), stream=stream)
     g = _check_out(out, z, shape, rdt) if return_grad else None
     if return_grad and g is None:
-        g = cuda.device_array(shape, dtype=rdt)
+        g = cuda.device_array(shape, dtype=rdt, stream=stream)
 
     if labels is None:
         denom = float(R)
     elif R:
-        denom = _labels_denominator(labels, C, ignore_index, w, batch, op == "softmax_cross_entropy" and w is not None)
+        denom = _labels_denominator(labels, C, ignore_index, w, batch, op == "softmax_cross_entropy" and w is not None,
+                                    stream)
     else:
         denom = 0.0
     scale = (1.0 / denom if denom else 0.0) if reduction == "mean" else 1.0
     rows_dt = rdt if reduction == "none" else np.float64
     # rows of zero classes get no kernel launch: their loss is 0
-    rows = cuda.device_array(R, dtype=rows_dt) if z.size else cuda.to_device(np.zeros(R, dtype=rows_dt))
+    rows = (cuda.device_array(R, dtype=rows_dt, stream=stream) if z.size
+            else cuda.to_device(np.zeros(R, dtype=rows_dt), stream=stream))
     if z.size:
         softmax_dev(op, z.reshape(z.size), labels, probs, w, ignore_index, eps,
-                    None if g is None else g.reshape(z.size), rows, scale, C, inner)
+                    None if g is None else g.reshape(z.size), rows, scale, C, inner, stream)
     if reduction == "none":
         loss = _wrap(logits, rows.reshape(batch) if R else rows)
     else:
-        total = device_sum(rows) if z.size else 0.0
+        total = device_sum(rows, stream) if z.size else 0.0
         loss = rdt.type(total if reduction == "sum" else (total / denom if denom else 0.0))
     if not return_grad:
         return loss
@@ -260,6 +291,8 @@ def device_call(op, logits, target, **options):
     of the logits' dtype for 'mean'/'sum'; a device array for 'none') and,
     with ``return_grad=True``, the gradient as a device array (or ``out``).
     """
-    if op in ELEMENTWISE_OPS:
-        return _elementwise(op, logits, target, **options)
-    return _softmax(op, logits, target, **options)
+    with _on_device_of(logits):
+        stream = _caller_stream(logits)
+        if op in ELEMENTWISE_OPS:
+            return _elementwise(op, logits, target, stream=stream, **options)
+        return _softmax(op, logits, target, stream=stream, **options)

@@ -83,28 +83,26 @@ def _kernel(op, has_w, has_pw, want_grad, want_loss):
     return cuda.jit(kernel_py(op, has_w, has_pw, want_grad, want_loss, THREADS, USE_SHFL))
 
 
-def _dummy(like):
-    return cuda.device_array(1, dtype=like.dtype)
-
-
-def elementwise_dev(op, z, y, w, pw, grad, loss, scale):
+def elementwise_dev(op, z, y, w, pw, grad, loss, scale, stream=0):
     """Run ``op`` on 1-D device arrays; returns the float64 sum of the losses.
 
     ``w``/``pw``/``grad``/``loss`` may be None.  ``y``, ``w``, ``pw`` may have
     any real dtype (cast in the kernel); ``grad``/``loss`` are stored in their
     own dtype.  The sum is deterministic: fixed grid, block trees, then one
-    fixed-order block over the per-block partials.
+    fixed-order block over the per-block partials.  Everything is queued on
+    ``stream`` (the caller's stream for PyTorch/CuPy arrays).
     """
     n = z.size
     if n == 0:
         return 0.0
     blocks = grid_for(n)
-    partials = cuda.device_array(blocks, dtype=np.float64)
+    partials = cuda.device_array(blocks, dtype=np.float64, stream=stream)
+    dummy = cuda.device_array(1, dtype=z.dtype, stream=stream)  # stands in for absent arrays
     kern = _kernel(op, w is not None, pw is not None and op == "sigmoid_bce", grad is not None, loss is not None)
-    kern[blocks, THREADS](z, y, _dummy(z) if w is None else w, _dummy(z) if pw is None else pw,
-                          _dummy(z) if grad is None else grad, _dummy(z) if loss is None else loss,
-                          float(scale), partials)
-    return device_sum(partials)
+    kern[blocks, THREADS, stream](z, y, dummy if w is None else w, dummy if pw is None else pw,
+                                  dummy if grad is None else grad, dummy if loss is None else loss,
+                                  float(scale), partials)
+    return device_sum(partials, stream)
 
 
 def elementwise(op, z, y, w, pw, grad, loss, scale):

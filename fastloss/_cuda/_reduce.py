@@ -172,13 +172,21 @@ def _sum_kernel(threads, shfl):
     return cuda.jit(sum_kernel_py(threads, shfl))
 
 
-def device_sum(a):
+def to_host(a, stream=0):
+    """Copy device array ``a`` to the host and wait for it (on ``stream``)."""
+    h = a.copy_to_host(stream=stream)
+    if stream:
+        stream.synchronize()
+    return h
+
+
+def device_sum(a, stream=0):
     """Deterministic float64 sum of device array ``a`` (1-D), as a host float."""
-    out = cuda.device_array(1, dtype=np.float64)
     if a.size == 0:
         return 0.0
-    _sum_kernel(THREADS, USE_SHFL)[1, THREADS](a, out)
-    return float(out.copy_to_host()[0])
+    out = cuda.device_array(1, dtype=np.float64, stream=stream)
+    _sum_kernel(THREADS, USE_SHFL)[1, THREADS, stream](a, out)
+    return float(to_host(out, stream)[0])
 
 
 def grid_for(n, threads=THREADS):
@@ -186,5 +194,5 @@ def grid_for(n, threads=THREADS):
     return max(1, min(MAX_BLOCKS, -(-n // threads)))
 
 
-__all__ = ["SIM", "USE_SHFL", "THREADS", "MAX_BLOCKS", "block_ops", "shared_size", "device_sum", "grid_for",
+__all__ = ["SIM", "USE_SHFL", "THREADS", "MAX_BLOCKS", "block_ops", "shared_size", "device_sum", "to_host", "grid_for",
            "int64"]

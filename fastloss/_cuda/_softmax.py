@@ -185,21 +185,21 @@ def _kernel(op, has_labels, has_w, want_grad, threads):
     return cuda.jit(kernel_py(op, has_labels, has_w, want_grad, threads, USE_SHFL))
 
 
-def softmax_dev(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale, C, inner=1):
+def softmax_dev(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale, C, inner=1, stream=0):
     """Run ``op`` on flat device arrays: rows of C entries ``inner`` apart.
 
     ``labels`` (R,) any int dtype or None; ``probs`` laid out like ``z`` or
     None; ``w`` (C,) or None; ``grad`` like ``z`` or None; ``loss`` (R,) any
-    float dtype, always filled.
+    float dtype, always filled.  Queued on ``stream``.
     """
     R = z.size // C if C else 0
     if R == 0:
         return
     threads = threads_for(C)
     kern = _kernel(op, labels is not None, w is not None, grad is not None, threads)
-    dummy_f = cuda.device_array(1, dtype=z.dtype)
-    dummy_i = cuda.device_array(1, dtype=np.int64)
-    kern[min(R, MAX_ROW_BLOCKS), threads](
+    dummy_f = cuda.device_array(1, dtype=z.dtype, stream=stream)
+    dummy_i = cuda.device_array(1, dtype=np.int64, stream=stream)
+    kern[min(R, MAX_ROW_BLOCKS), threads, stream](
         z, dummy_i if labels is None else labels, dummy_f if probs is None else probs,
         dummy_f if w is None else w, int(ignore_index), float(smoothing),
         dummy_f if grad is None else grad, loss, float(scale), int(C), int(inner))
