@@ -117,7 +117,7 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl):
             lsum = 0.0
             dp_rest = 0.0
             dp_am = 0.0
-            k = tid
+            k = tid if (want_grad or not is_ce) else C  # CE loss alone needs no third pass
             while k < C:
                 v = float64(z[base + k * inner])
                 p = math.exp(_shift(v, m, inf_row)) / S
