@@ -8,7 +8,8 @@ deterministic block reduction:
 
 1. NaN count, max and first argmax;
 2. S' = sum of exp(z - m) over all but the argmax (+ CE: A = sum a, B = sum a*(z - m));
-3. CE: gradient; MSE: loss and D' = sum over all but the argmax of w d p;
+   for float32/float16 storage merged into pass 1 (online rescaling, see kernel_py);
+3. CE: gradient (skipped without one); MSE: loss and D' = sum over all but the argmax of w d p;
 4. MSE: gradient.
 
 Formulas mirror :func:`fastloss.reference.softmax_rows`; math is float64.
@@ -39,8 +40,14 @@ def threads_for(C):
 
 
 @functools.lru_cache(maxsize=None)
-def kernel_py(op, has_labels, has_w, want_grad, threads, shfl):
-    """Python source of one specialised row kernel (for jit or PTX)."""
+def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
+    """Python source of one specialised row kernel (for jit or PTX).
+
+    ``online`` merges passes 1 and 2 (one read of the row fewer): running
+    max, S' and B are rescaled whenever a thread's max grows.  Each rescale
+    rounds once in float64, so it is used for float32/float16 storage only,
+    where up to C such roundings stay far below half an ulp of the result.
+    """
     if op not in OPS:
         raise ValueError(f"unknown softmax op {op!r}")
     is_ce = op == "softmax_cross_entropy"
@@ -61,22 +68,46 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl):
             if has_labels:
                 y = labels[r]
                 valid = y != ignore_index
-            # pass 1: NaN count, max, first argmax
             nan = 0.0
             best = -math.inf
             am = C
+            s1 = 0.0
+            A = 0.0
+            B = 0.0
             k = tid
             while k < C:
                 v = float64(z[base + k * inner])
                 if v != v:
                     nan += 1.0
-                elif v > best:
+                    k += threads
+                    continue
+                if v > best:
+                    if online:
+                        # the old max joins S' and everything is rescaled to the new max
+                        s1 = (s1 + 1.0) * math.exp(best - v) if best > -math.inf else 0.0
+                        B -= mul0(A, v - best)  # B <= 0 only grows in magnitude: no cancellation
                     best = v
                     am = k
+                elif online:
+                    s1 += _exp_rest(v, best)
+                if online and is_ce:
+                    t = _target(has_labels, k, y, probs, base + k * inner, eps, eps_c)
+                    a = t * float64(w[k]) if has_w else t
+                    A += a
+                    B += mul0(a, _shift_rest(v, best))
                 k += threads
             nan = bsum(nan, buf)
-            m, am = bmaxarg(best, am, buf, ibuf)
+            m, am_row = bmaxarg(best, am, buf, ibuf)
             inf_row = m == math.inf  # limit: equal mass on the +inf entries
+            if online:
+                # merge per-thread states at their own max into the row's max
+                f = 1.0 if best == m else math.exp(best - m)
+                own = 1.0 if (am != am_row and best > -math.inf) else 0.0  # a tied max is in S'
+                s1 = bsum((s1 + own) * f, buf)
+                if is_ce:  # B first: its rescale needs this thread's own A
+                    B = bsum(B if best == m else B - mul0(A, m - best), buf)
+                    A = bsum(A, buf)
+            am = am_row
             if nan > 0 or m == -math.inf or not valid:
                 # NaN row -> NaN; all -inf (masked) or ignored row -> 0
                 out = math.nan if nan > 0 else 0.0
@@ -89,30 +120,28 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl):
                         k += threads
                 r += cuda.gridDim.x
                 continue
-            # pass 2: S' (all but the argmax), and CE's A = sum a, B = sum a (z - m)
-            s1 = 0.0
-            A = 0.0
-            B = 0.0
-            k = tid
-            while k < C:
-                sh = _shift(float64(z[base + k * inner]), m, inf_row)
-                if k != am:
-                    s1 += math.exp(sh)  # S = 1 + S': log1p(S') keeps S' digits
+            if not online:
+                # pass 2: S' (all but the argmax), and CE's A = sum a, B = sum a (z - m)
+                k = tid
+                while k < C:
+                    sh = _shift(float64(z[base + k * inner]), m, inf_row)
+                    if k != am:
+                        s1 += math.exp(sh)  # S = 1 + S': log1p(S') keeps S' digits
+                    if is_ce:
+                        t = _target(has_labels, k, y, probs, base + k * inner, eps, eps_c)
+                        a = t * float64(w[k]) if has_w else t
+                        A += a
+                        B += mul0(a, sh)  # a zero target masks a -inf class
+                    k += threads
+                s1 = bsum(s1, buf)
                 if is_ce:
-                    t = _target(has_labels, k, y, probs, base + k * inner, eps, eps_c)
-                    a = t * float64(w[k]) if has_w else t
-                    A += a
-                    B += mul0(a, sh)  # a zero target masks a -inf class
-                k += threads
-            s1 = bsum(s1, buf)
+                    A = bsum(A, buf)
+                    B = bsum(B, buf)
             S = 1.0 + s1
             q = s1 / S  # 1 - p_argmax, never formed as a difference
-            if is_ce:
-                A = bsum(A, buf)
-                B = bsum(B, buf)
-                if tid == 0:
-                    # A log S - sum a (z - m): two non-negative terms, log1p keeps S' digits
-                    loss[r] = A * math.log1p(s1) - B
+            if is_ce and tid == 0:
+                # A log S - sum a (z - m): two non-negative terms, log1p keeps S' digits
+                loss[r] = A * math.log1p(s1) - B
             # pass 3: CE gradient; MSE loss, D' (all but the argmax) and w d p at the argmax
             lsum = 0.0
             dp_rest = 0.0
@@ -174,6 +203,22 @@ def _shift(v, m, inf_row):
 
 
 @cuda.jit(device=True, inline=True)
+def _exp_rest(v, best):
+    """exp(v - best) for v <= best, a running max: 1 at a tie (also +inf), 0 at -inf."""
+    if v == -math.inf:
+        return 0.0
+    return 1.0 if v == best else math.exp(v - best)
+
+
+@cuda.jit(device=True, inline=True)
+def _shift_rest(v, best):
+    """v - best for v <= best, a running max: 0 at a tie (also +inf), -inf at -inf."""
+    if v == -math.inf:
+        return -math.inf
+    return 0.0 if v == best else v - best
+
+
+@cuda.jit(device=True, inline=True)
 def _target(has_labels, k, y, probs, idx, eps, eps_c):
     """Target probability t_k (one-hot or given), label-smoothed by eps."""
     t = (1.0 if k == y else 0.0) if has_labels else float64(probs[idx])
@@ -181,8 +226,8 @@ def _target(has_labels, k, y, probs, idx, eps, eps_c):
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(op, has_labels, has_w, want_grad, threads):
-    return cuda.jit(kernel_py(op, has_labels, has_w, want_grad, threads, USE_SHFL))
+def _kernel(op, has_labels, has_w, want_grad, threads, online):
+    return cuda.jit(kernel_py(op, has_labels, has_w, want_grad, threads, USE_SHFL, online))
 
 
 def softmax_dev(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale, C, inner=1, stream=0):
@@ -196,7 +241,9 @@ def softmax_dev(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, sc
     if R == 0:
         return
     threads = threads_for(C)
-    kern = _kernel(op, labels is not None, w is not None, grad is not None, threads)
+    # one read of the row fewer where float64 accumulation makes rescaling harmless
+    online = z.dtype != np.float64
+    kern = _kernel(op, labels is not None, w is not None, grad is not None, threads, online)
     dummy_f = cuda.device_array(1, dtype=z.dtype, stream=stream)
     dummy_i = cuda.device_array(1, dtype=np.int64, stream=stream)
     kern[min(R, MAX_ROW_BLOCKS), threads, stream](

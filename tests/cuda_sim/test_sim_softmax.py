@@ -55,3 +55,29 @@ def test_matches_reference(case, dtype):
 @pytest.mark.parametrize("case", ["ce_labels_weight_smooth_inplace", "mse_probs_weight"])
 def test_class_counts(case, C):
     _check(case, np.float64, C)
+
+
+@pytest.mark.parametrize("case", ["ce_probs_weight_smooth", "mse_labels_weight_inplace", "ce_labels"])
+def test_online_rescaling_rows(case):
+    # float32 rows take the online (rescaling) path: every element a new max,
+    # -inf prefixes before the first finite max, +inf after finite maxima, ties
+    C = 70
+    z = np.tile(np.linspace(-50.0, 50.0, C), (6, 1))
+    z[1, : C // 2] = -np.inf
+    z[2, -1] = np.inf
+    z[3] = z[3, ::-1]
+    z[4, ::3] = 50.0  # many tied maxima spread over threads
+    z[5, : C // 2] = -np.inf
+    z[5, -3:] = np.inf
+    op, use_labels, use_w, eps, grad, inplace, ignore = CASES[case]
+    labels = np.array([0, C - 1, 5, C - 1, 3, C - 2])
+    probs = np.random.default_rng(2).random((6, C))
+    probs[[1, 5], : C // 2] = 0.0
+    probs /= probs.sum(axis=1, keepdims=True)
+    z, probs = z.astype(np.float32), probs.astype(np.float32)
+    w = np.linspace(0.5, 2.0, C).astype(np.float32) if use_w else None
+    args = (labels, None) if use_labels else (None, probs)
+    want = _run(reference, op, z, *args, w, ignore, eps, grad, inplace)
+    got = _run(_cuda, op, z, *args, w, ignore, eps, grad, inplace)
+    assert_close(got[0], want[0], np.float32, "loss")
+    assert_close(got[1], want[1], np.float32, "grad")
