@@ -53,6 +53,7 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
     if op not in OPS:
         raise ValueError(f"unknown softmax op {op!r}")
     is_ce = op == "softmax_cross_entropy"
+    online = online and is_ce  # MSE's tied-class sums (T) are formed in pass 2 only
     bsum, bmaxarg = block_ops(shfl)
     size = shared_size(threads)
 
