@@ -11,11 +11,12 @@ dummies.  Math is float64 whatever the storage dtype (float16/32/64).
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from numba import cuda, float64
 
-from ._math import mul0, sigmoid_pair, softplus
+from ._math import SMALL_Z, half_tanh, mul0, sigmoid_pair, softplus
 from ._reduce import MAX_BLOCKS, THREADS, USE_SHFL, block_ops, device_sum, grid_for, shared_size
 
 OPS = ("mse", "sigmoid_mse", "sigmoid_bce")
@@ -42,26 +43,40 @@ def kernel_py(op, has_w, has_pw, want_grad, want_loss, threads, shfl):
         while i < n:
             zi = float64(z[i])
             yi = float64(y[i])
+            small = abs(zi) < SMALL_Z  # False for NaN
             if code == 0:
                 d = zi - yi
-                l = d * d
-                g = c * d
+                # the weight goes in first (w d, then (w d) d and c (w d)):
+                # a small weight cannot let d*d or 2*d overflow ahead of it
+                wd = mul0(float64(w[i] if nw == n else w[i % nw]), d) if has_w else d
+                l = mul0(wd, d)
+                g = c * wd
             elif code == 1:
-                s, sn = sigmoid_pair(zi)
-                # s - y as (1 - y) - sigmoid(-z) for z >= 0: y = 1 keeps sn's digits
-                r = (1.0 - yi) - sn if zi >= 0 else s - yi
+                if small:
+                    # (s - 1/2) + (1/2 - y): y = 1/2 keeps the digits of tanh(z/2)/2
+                    r = half_tanh(zi) + (0.5 - yi)
+                else:
+                    s, sn = sigmoid_pair(zi)
+                    # s - y as (1 - y) - sigmoid(-z) for z >= 0: y = 1 keeps sn's digits
+                    r = (1.0 - yi) - sn if zi >= 0 else s - yi
                 l = r * r
-                # tiny factor s*sn enters last: no intermediate underflow
-                g = ((c * r) * s) * sn
+                e = math.exp(-abs(zi))
+                # s (1 - s) = e / (1 + e)^2, the tiny factor last: no intermediate underflow
+                g = (c * r) * (e / ((1.0 + e) * (1.0 + e)))
             else:
-                s, sn = sigmoid_pair(zi)
                 a = yi * float64(pw[i] if npw == n else pw[i % npw]) if has_pw else yi
                 b = 1.0 - yi
                 # two non-negative terms: no cancellation; zero coefficients mask inf
                 l = mul0(a, softplus(-zi)) + mul0(b, softplus(zi))
-                # b*s - a*sn: exact at y in {0, 1} and at z = +-inf
-                g = scale * (b * s - a * sn)
-            if has_w:
+                if small:
+                    # s = 1/2 + h: (b - a)/2 + h (a + b) keeps y = 1/2 near z = 0
+                    g = 0.5 * (b - a) + half_tanh(zi) * (a + b)
+                else:
+                    s, sn = sigmoid_pair(zi)
+                    # b*s - a*sn: exact at y in {0, 1} and at z = +-inf
+                    g = b * s - a * sn
+                g = scale * g
+            if has_w and code != 0:
                 wi = float64(w[i] if nw == n else w[i % nw])  # skip the 64-bit modulo when P == n
                 l = mul0(wi, l)
                 g = mul0(wi, g)

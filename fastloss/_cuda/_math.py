@@ -15,10 +15,21 @@ def sigmoid_pair(z):
     """``(sigmoid(z), sigmoid(-z))``; the small one is never ``1 - big``."""
     e = math.exp(-abs(z))  # in [0, 1]: cannot overflow
     big = 1.0 / (1.0 + e)
-    small = e * big  # subnormal when e is: kept, not flushed
+    small = e / (1.0 + e)  # subnormal when e is: kept, not flushed
     if z >= 0:
         return big, small
     return small, big
+
+
+#: below this |z|, sigmoid(z) - 1/2 is formed as tanh(z/2)/2: sigmoid(z)
+#: itself rounds to 1/2 for |z| < 2**-54 and would give s - y = 0 at y = 1/2
+SMALL_Z = 1.0
+
+
+@cuda.jit(device=True, inline=True)
+def half_tanh(z):
+    """``sigmoid(z) - 1/2 = tanh(z/2)/2``, ~1 ulp for tiny z."""
+    return 0.5 * math.tanh(0.5 * z)
 
 
 @cuda.jit(device=True, inline=True)

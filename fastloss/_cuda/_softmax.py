@@ -7,9 +7,11 @@ size, so any C works (2 ... 262,144 and beyond).  Passes, each ending in a
 deterministic block reduction:
 
 1. NaN count, max and first argmax;
-2. S' = sum of exp(z - m) over all but the argmax (+ CE: A = sum a, B = sum a*(z - m));
-   for float32/float16 storage merged into pass 1 (online rescaling, see kernel_py);
-3. CE: gradient (skipped without one); MSE: loss and D' = sum over all but the argmax of w d p;
+2. S' = sum of exp(z - m) over all but the argmax; CE: A = sum a, its part
+   over all but the argmax, B = sum a*(z - m); MSE: the classes tied with
+   the max (count, sum w, sum w t) and the sum of e over the rest.
+   For CE with float32/float16 storage merged into pass 1 (online rescaling, see kernel_py);
+3. CE: gradient (skipped without one); MSE: loss and V = sum over the untied classes of p w d;
 4. MSE: gradient.
 
 Formulas mirror :func:`fastloss.reference.softmax_rows`; math is float64.
@@ -51,6 +53,7 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
     if op not in OPS:
         raise ValueError(f"unknown softmax op {op!r}")
     is_ce = op == "softmax_cross_entropy"
+    online = online and is_ce  # MSE's tied-class sums (T) are formed in pass 2 only
     bsum, bmaxarg = block_ops(shfl)
     size = shared_size(threads)
 
@@ -74,6 +77,12 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
             s1 = 0.0
             A = 0.0
             B = 0.0
+            Ar = 0.0  # CE: sum of a over all but the (thread's, then row's) argmax
+            a_am = 0.0  # CE online: a at this thread's running argmax
+            tau = 0.0  # MSE: classes tied with the max (set T) ...
+            E_r = 0.0  # ... sum of e over the rest, W_T = sum_T w, WT_T = sum_T w t
+            W_T = 0.0
+            WT_T = 0.0
             k = tid
             while k < C:
                 v = float64(z[base + k * inner])
@@ -81,8 +90,14 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
                     nan += 1.0
                     k += threads
                     continue
+                a = 0.0
+                if online and is_ce:
+                    t = _target(has_labels, k, y, probs, base + k * inner, eps, eps_c)
+                    a = t * float64(w[k]) if has_w else t
                 if v > best:
                     if online:
+                        Ar += a_am  # the old argmax joins the rest
+                        a_am = a
                         # the old max joins S' and everything is rescaled to the new max
                         s1 = (s1 + 1.0) * math.exp(best - v) if best > -math.inf else 0.0
                         B -= mul0(A, v - best)  # B <= 0 only grows in magnitude: no cancellation
@@ -90,9 +105,8 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
                     am = k
                 elif online:
                     s1 += _exp_rest(v, best)
+                    Ar += a
                 if online and is_ce:
-                    t = _target(has_labels, k, y, probs, base + k * inner, eps, eps_c)
-                    a = t * float64(w[k]) if has_w else t
                     A += a
                     B += mul0(a, _shift_rest(v, best))
                 k += threads
@@ -107,6 +121,8 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
                 if is_ce:  # B first: its rescale needs this thread's own A
                     B = bsum(B if best == m else B - mul0(A, m - best), buf)
                     A = bsum(A, buf)
+                    # the row's argmax is the running argmax of the thread holding it
+                    Ar = bsum(Ar if am == am_row else Ar + a_am, buf)
             am = am_row
             if nan > 0 or m == -math.inf or not valid:
                 # NaN row -> NaN; all -inf (masked) or ignored row -> 0
@@ -124,70 +140,95 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
                 # pass 2: S' (all but the argmax), and CE's A = sum a, B = sum a (z - m)
                 k = tid
                 while k < C:
-                    sh = _shift(float64(z[base + k * inner]), m, inf_row)
+                    v = float64(z[base + k * inner])
+                    sh = _shift(v, m, inf_row)
+                    e = math.exp(sh)
                     if k != am:
-                        s1 += math.exp(sh)  # S = 1 + S': log1p(S') keeps S' digits
+                        s1 += e  # S = 1 + S': log1p(S') keeps S' digits
+                    t = _target(has_labels, k, y, probs, base + k * inner, eps, eps_c)
+                    wk = float64(w[k]) if has_w else 1.0
                     if is_ce:
-                        t = _target(has_labels, k, y, probs, base + k * inner, eps, eps_c)
-                        a = t * float64(w[k]) if has_w else t
+                        a = t * wk
                         A += a
-                        B += mul0(a, sh)  # a zero target masks a -inf class
+                        if k != am:
+                            Ar += a
+                        if sh == -math.inf and v > -math.inf and m < math.inf:
+                            # v - m overflowed (|v|, |m| ~ 1e308): a (v - m) = 2 a (v/2 - m/2)
+                            B += 2.0 * mul0(a, 0.5 * v - 0.5 * m)
+                        else:
+                            B += mul0(a, sh)  # a zero target masks a -inf class
+                    elif sh == 0.0:
+                        tau += 1.0
+                        W_T += wk
+                        WT_T += wk * t
+                    else:
+                        E_r += e
                     k += threads
                 s1 = bsum(s1, buf)
                 if is_ce:
                     A = bsum(A, buf)
                     B = bsum(B, buf)
+                    Ar = bsum(Ar, buf)
+                else:
+                    tau = bsum(tau, buf)
+                    E_r = bsum(E_r, buf)
+                    W_T = bsum(W_T, buf)
+                    WT_T = bsum(WT_T, buf)
             S = 1.0 + s1
             q = s1 / S  # 1 - p_argmax, never formed as a difference
             if is_ce and tid == 0:
                 # A log S - sum a (z - m): two non-negative terms, log1p keeps S' digits
                 loss[r] = A * math.log1p(s1) - B
-            # pass 3: CE gradient; MSE loss, D' (all but the argmax) and w d p at the argmax
+            # pass 3: CE gradient; MSE loss and V = sum over the rest (not T) of p u
+            Q = E_r / S  # MSE: 1 - tau p_max, never formed as a difference
             lsum = 0.0
-            dp_rest = 0.0
-            dp_am = 0.0
+            V = 0.0
             k = tid if (want_grad or not is_ce) else C  # CE loss alone needs no third pass
             while k < C:
                 v = float64(z[base + k * inner])
-                p = math.exp(_shift(v, m, inf_row)) / S
+                sh = _shift(v, m, inf_row)
+                p = math.exp(sh) / S
                 t = _target(has_labels, k, y, probs, base + k * inner, eps, eps_c)
                 wk = float64(w[k]) if has_w else 1.0
                 if is_ce:
-                    if want_grad:
-                        a = t * wk
-                        # argmax: p*A - a as (A - a) - A*q, exact when p rounds to 1
-                        g = (A - a) - A * q if k == am else p * A - a
-                        grad[base + k * inner] = g * scale
+                    a = t * wk
+                    # argmax: p*A - a as sum_{k != am} a - A*q, exact when p rounds to 1
+                    g = Ar - A * q if k == am else p * A - a
+                    grad[base + k * inner] = g * scale
                 else:
-                    # p_argmax - t as (1 - t) - q: no rounding of 1 - q
-                    d = (1.0 - t) - q if k == am else p - t
-                    wd = wk * d
-                    lsum += wd * d
-                    if k == am:
-                        dp_am = wd * p
-                    else:
-                        dp_rest += wd * p
+                    d = _mse_d(p, t, Q, sh == 0.0 and tau == 1.0)
+                    u = wk * d
+                    lsum += u * d
+                    if sh != 0.0:
+                        V += p * u
                 k += threads
             if not is_ce:
                 lsum = bsum(lsum, buf)
-                dp_rest = bsum(dp_rest, buf)
-                dp_am = bsum(dp_am, buf)  # only one thread holds a nonzero share
+                V = bsum(V, buf)
                 if tid == 0:
                     loss[r] = lsum
                 if want_grad:
-                    D = dp_rest + dp_am
-                    # pass 4: gradient 2 p (w d - D); argmax as 2 p (w d q - D'), no cancellation
+                    p_max = 1.0 / S
+                    # U_T = p_max W_T - WT_T cancels when a tied class is the label;
+                    # with tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau
+                    w_bar = W_T / tau
+                    U_T = (w_bar - WT_T) - Q * w_bar
+                    # pass 4: 2 p (u_j - sum p u) = 2 p (p_max A_j + (Q u_j - V)), no cancellation
                     k = tid
                     while k < C:
                         v = float64(z[base + k * inner])
-                        p = math.exp(_shift(v, m, inf_row)) / S
+                        sh = _shift(v, m, inf_row)
+                        p = math.exp(sh) / S
                         t = _target(has_labels, k, y, probs, base + k * inner, eps, eps_c)
                         wk = float64(w[k]) if has_w else 1.0
-                        if k == am:
-                            g = 2.0 * p * ((wk * ((1.0 - t) - q)) * q - dp_rest)
+                        u = wk * _mse_d(p, t, Q, sh == 0.0 and tau == 1.0)
+                        tw = tau * wk
+                        if sh == 0.0:
+                            Aj = p_max * (tw - W_T) - (tw * t - WT_T)
                         else:
-                            g = 2.0 * p * (wk * (p - t) - D)
-                        grad[base + k * inner] = g * scale
+                            Aj = tau * u - U_T
+                        G = p_max * Aj + (Q * u - V)
+                        grad[base + k * inner] = (2.0 * p * G) * scale
                         k += threads
             r += cuda.gridDim.x
 
@@ -200,6 +241,12 @@ def _shift(v, m, inf_row):
     if inf_row:
         return 0.0 if v == math.inf else -math.inf
     return v - m  # exact near the max (Sterbenz)
+
+
+@cuda.jit(device=True, inline=True)
+def _mse_d(p, t, Q, sole_max):
+    """p - t; at a sole max (1 - t) - Q, exact when p_max rounds to 1."""
+    return (1.0 - t) - Q if sole_max else p - t
 
 
 @cuda.jit(device=True, inline=True)
@@ -242,7 +289,8 @@ def softmax_dev(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, sc
         return
     threads = threads_for(C)
     # one read of the row fewer where float64 accumulation makes rescaling harmless
-    online = z.dtype != np.float64
+    # (CE only: MSE's tied-class sums T would need rescaling too)
+    online = z.dtype != np.float64 and op == "softmax_cross_entropy"
     kern = _kernel(op, labels is not None, w is not None, grad is not None, threads, online)
     dummy_f = cuda.device_array(1, dtype=z.dtype, stream=stream)
     dummy_i = cuda.device_array(1, dtype=np.int64, stream=stream)

@@ -42,16 +42,19 @@ def elementwise_inputs(op, dtype, n=128, seed=0):
         y = rng.standard_normal(n)
     else:
         y = rng.choice([0.0, 1.0, 0.5, 0.25, 0.999, 1e-8], size=n)
+        y[[0, 1, 2, 3, 4, 7]] = 0.5  # y = sigmoid(0) at z = 0, -0, +-1e-30, 0.5: the tanh form
     with np.errstate(over="ignore"):
         return z.astype(dtype), y.astype(dtype)
 
 
-def softmax_inputs(dtype, C, R=8, seed=0):
+def softmax_inputs(dtype, C, R=11, seed=0):
     """(R, C) logits with one hard case per row, labels and probabilities.
 
     Rows: ordinary; shifted 1e7 + [1, 0, ...]; dominant label (p -> 1);
     a NaN; all -inf; two +inf entries; half the classes masked (-inf);
-    huge +-1e30 entries with an ignored label.
+    huge +-1e30 entries with an ignored label; tied with the max
+    [-40, 0, 0, ...] (label 0); +-1e308 (float32: +-3e38), z - m overflows;
+    two classes tied at the max, one of them the label.
     """
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((R, C)) * 3
@@ -70,6 +73,15 @@ def softmax_inputs(dtype, C, R=8, seed=0):
     labels[6] = 1
     z[7, 0], z[7, C - 1] = 1e30, -1e30
     labels[7] = -100
+    z[8] = 0.0
+    z[8, 0] = -40.0
+    labels[8] = 0
+    big = 1e308 if dtype == np.float64 else 3e38
+    z[9, 0], z[9, C - 1] = big, -big
+    labels[9] = C - 1
+    z[10] = -30.0
+    z[10, [1, C // 2]] = 0.0
+    labels[10] = C // 2
     probs = rng.random((R, C))
     probs[6, ::2] = 0.0  # zero target on masked classes: masked exactly
     probs /= probs.sum(axis=1, keepdims=True)
