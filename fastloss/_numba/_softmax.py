@@ -150,23 +150,31 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     T = 0.0  # sum of a_k (z_k - m), with 0 * -inf := 0
     tau = 0.0  # softmax_mse: classes tied with the max (z == m, e == 1)
     e_rest = 0.0  # softmax_mse: sum of e over the classes not tied
-    sums = op == CE and (use_p or eps != 0.0)
+    sums = use_p or eps != 0.0
     f32 = is_f32(zr)  # constant: shorter exp series for float32 rows
-    for k in range(C):
-        v = np.float64(wr[k])
-        sh = _shift(v, m, inf_row)
-        e = exp(sh, f32)
-        if op == SMSE:
+    if op == SMSE:  # separate loops: op is a runtime value, branches inside stop vectorising
+        for k in range(C):
+            sh = _shift(np.float64(wr[k]), m, inf_row)
+            e = exp(sh, f32)
             # tied classes stored +e, the rest -e: the tie survives the
             # overwrite (an untied e may round to 1)
             tied = sh == 0.0
             wr[k] = (e if tied else -e) * esc
-            tau += 1.0 if tied else 0.0
+            tau = add_reassoc(tau, 1.0 if tied else 0.0)  # exact: integer counts
             e_rest = add_reassoc(e_rest, 0.0 if tied else e)
-        else:
+            s1 = add_reassoc(s1, e if k != am else 0.0)
+    elif not sums:  # labels without smoothing: the hot loop, exp and S' only
+        for k in range(C):
+            e = exp(_shift(np.float64(wr[k]), m, inf_row), f32)
             wr[k] = e * esc  # float32 rows hold e * 2**100: tiny e stays normal
-        s1 = add_reassoc(s1, e if k != am else 0.0)
-        if sums:
+            s1 = add_reassoc(s1, e if k != am else 0.0)
+    else:
+        for k in range(C):
+            v = np.float64(wr[k])
+            sh = _shift(v, m, inf_row)
+            e = exp(sh, f32)
+            wr[k] = e * esc
+            s1 = add_reassoc(s1, e if k != am else 0.0)
             wk = np.float64(w[k]) if has_w else 1.0
             if use_p:
                 ak = (np.float64(probs[r, k]) * keep + cw) * wk
