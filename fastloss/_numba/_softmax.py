@@ -181,7 +181,8 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
             else:
                 ak = cw * wk if k != y else 0.0  # label entry added below
             a_rest = add_reassoc(a_rest, ak if k != am else 0.0)
-            T = add_reassoc(T, _term(ak, sh, v, m, inf_row))
+            # float32 z: z - m cannot overflow in float64, no select needed
+            T = add_reassoc(T, mul0(ak, sh) if f32 else _term(ak, sh, v, m, inf_row))
     if y >= 0:
         a_rest += a_y if y != am else 0.0
         T += _term(a_y, sh_y, v_y, m, inf_row)
