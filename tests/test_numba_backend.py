@@ -321,3 +321,22 @@ def test_read_only_inputs():
     labels.flags.writeable = False
     B.softmax_rows("softmax_cross_entropy", z2, labels, None, None, -100, 0.1, None, l2, 1.0)
     np.testing.assert_array_equal(l1, l2)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_softmax_mse_tied_rows_match_reference(dt):
+    """Ties with the max: tiny gradients that a plain sum would cancel to noise.
+
+    Row 1 holds an entry 2**-60 below the max: its exp rounds to 1 but, as in
+    the reference, it is not tied (the tag comes from z == m, not e == 1).
+    """
+    z = np.array([[-40.0, 0.0, 0.0, 0.0], [0.0, -2.0 ** -60, -40.0, -40.0],
+                  [0.0, 0.0, -40.0, -40.0], [5.0, 5.0, 5.0, 5.0]], dtype=dt)
+    for labels in (np.array([0, 0, 2, 1]), np.array([1, 1, 0, 3])):
+        for w in (None, np.array([0.5, 2.0, 1.0, 3.0], dtype=dt)):
+            g, l = np.empty_like(z), np.empty(4)
+            g2, l2 = np.empty_like(z), np.empty(4)
+            B.softmax_rows("softmax_mse", z, labels, None, w, -100, 0.0, g, l, 1.0)
+            R.softmax_rows("softmax_mse", z, labels, None, w, -100, 0.0, g2, l2, 1.0)
+            _close(g, g2, 0.0, dt, "grad")
+            _close(l, l2, 0.0, dt, "loss")
