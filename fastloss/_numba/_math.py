@@ -131,21 +131,6 @@ def log1p01(u, f32=False):
     return y
 
 
-@jit
-def sigmoid_pair(z, f32=False):
-    """``(sigmoid(z), sigmoid(-z))`` from one ``exp``, each ~1 ulp.
-
-    Also returns ``e = exp(-|z|)`` for softplus.  ``sigmoid(-z)`` is never
-    ``1 - sigmoid(z)``: that rounds to 0 for z > 37 and zeroes s(1-s).
-    """
-    e = exp(-abs(z), f32)  # in [0, 1]: cannot overflow
-    big = 1.0 / (1.0 + e)
-    small = e * big  # subnormal when e is: kept, not flushed
-    if z >= 0:
-        return big, small, e
-    return small, big, e
-
-
 #: below this |z|, sigmoid(z) - 1/2 is formed as tanh(z/2)/2 (mirrors
 #: fastloss.reference.SMALL_Z): sigmoid(z) itself rounds to 1/2 for tiny z.
 SMALL_Z = 1.0
@@ -153,8 +138,10 @@ SMALL_Z = 1.0
 
 @jit
 def sigmoid_parts(z, f32=False):
-    """``(sigmoid(z), sigmoid(-z), e, h)``: :func:`sigmoid_pair` plus ``h``.
+    """``(sigmoid(z), sigmoid(-z), e, h)`` from one ``exp``, each ~1 ulp.
 
+    ``e = exp(-|z|)`` is for softplus.  ``sigmoid(-z)`` is never
+    ``1 - sigmoid(z)``: that rounds to 0 for z > 37 and zeroes s(1-s).
     ``h = sigmoid(z) - 1/2 = tanh(z/2)/2``, <= 3 ulp for ``|z| < SMALL_Z``
     (meaningless beyond).
     """
