@@ -195,7 +195,15 @@ def test_softmax_matches_reference(op, dt, mode, C):
     t = t * (1 - eps) + eps / C
     wf = np.ones(C) if w is None else w.astype(np.float64)
     if op == "softmax_cross_entropy":
-        gmag = scale * (p * (t * wf).sum(1, keepdims=True) + t * wf)
+        a = t * wf
+        gmag = scale * (p * a.sum(1, keepdims=True) + a)
+        # The reference's argmax entry is A' - A q (A' = the other classes'
+        # a): both backends round its two terms, so it carries their size
+        # (exact when p_argmax -> 1, the case it exists for).
+        rows = np.arange(R_)
+        am = np.argmax(np.where(np.isnan(z), -np.inf, z), axis=1)
+        a_rest = a.sum(1) - a[rows, am]
+        gmag[rows, am] += scale * (a_rest + a.sum(1) * (1 - p[rows, am]))
     else:
         gmag = 2 * scale * p * (wf * (p + t) + (wf * (p + t) * p).sum(1, keepdims=True))
     _close(g, g2, gmag, dt, "grad")
@@ -313,3 +321,22 @@ def test_read_only_inputs():
     labels.flags.writeable = False
     B.softmax_rows("softmax_cross_entropy", z2, labels, None, None, -100, 0.1, None, l2, 1.0)
     np.testing.assert_array_equal(l1, l2)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_softmax_mse_tied_rows_match_reference(dt):
+    """Ties with the max: tiny gradients that a plain sum would cancel to noise.
+
+    Row 1 holds an entry 2**-60 below the max: its exp rounds to 1 but, as in
+    the reference, it is not tied (the tag comes from z == m, not e == 1).
+    """
+    z = np.array([[-40.0, 0.0, 0.0, 0.0], [0.0, -2.0 ** -60, -40.0, -40.0],
+                  [0.0, 0.0, -40.0, -40.0], [5.0, 5.0, 5.0, 5.0]], dtype=dt)
+    for labels in (np.array([0, 0, 2, 1]), np.array([1, 1, 0, 3])):
+        for w in (None, np.array([0.5, 2.0, 1.0, 3.0], dtype=dt)):
+            g, l = np.empty_like(z), np.empty(4)
+            g2, l2 = np.empty_like(z), np.empty(4)
+            B.softmax_rows("softmax_mse", z, labels, None, w, -100, 0.0, g, l, 1.0)
+            R.softmax_rows("softmax_mse", z, labels, None, w, -100, 0.0, g2, l2, 1.0)
+            _close(g, g2, 0.0, dt, "grad")
+            _close(l, l2, 0.0, dt, "loss")

@@ -75,3 +75,48 @@ def test_float32_series_round_within_1_ulp():
     want_l = np.log1p(u.astype(np.float64)).astype(np.float32)
     assert np.abs(ex.astype(np.float32).view(np.int32) - want_e.view(np.int32)).max() <= 1
     assert np.abs(lg.astype(np.float32).view(np.int32) - want_l.view(np.int32)).max() <= 1
+
+
+@numba.njit(error_model="numpy")
+def _half_tanh_all(z, f32, out, em1):
+    for i in range(z.size):
+        out[i] = M.sigmoid_parts(z[i], f32)[3]
+        em1[i] = M.exp_em1(z[i], f32)[1]
+
+
+def _small_z_sweep():
+    """|z| < 1 densely, down to subnormals, both signs (where h is used)."""
+    pos = np.concatenate([np.linspace(0.0, 1.0, 200_001)[1:-1], np.logspace(-323, 0.0, 20_001)[:-1],
+                          [5e-324, 1e-310, np.nextafter(1.0, 0.0), 0.5, np.log(2) / 2]])
+    return np.concatenate([pos, -pos, [0.0]])
+
+
+def test_half_tanh_dense_sweep_within_3_true_ulp():
+    """sigmoid(z) - 1/2 for |z| < SMALL_Z against 0.5 * np.tanh(z/2); expm1 too."""
+    z = _small_z_sweep()
+    h, em1 = np.empty_like(z), np.empty_like(z)
+    _half_tanh_all(z, False, h, em1)
+    want = 0.5 * np.tanh(0.5 * z)
+    assert np.array_equal(np.sign(h), np.sign(want))
+    err = _ulps(np.abs(h), np.abs(want))
+    assert err.max() <= 4  # 3 ulp of the true value + np.tanh's own 1 ulp
+    neg = z <= 0  # used only as expm1(-|z|)
+    assert _ulps(np.abs(em1[neg]), np.abs(np.expm1(z[neg]))).max() <= 1
+    mpmath = pytest.importorskip("mpmath")
+    worst = np.argsort(-err, kind="stable")[:500]
+    with mpmath.workdps(40):
+        true = np.array([float(mpmath.tanh(mpmath.mpf(v) / 2) / 2) for v in z[worst]])
+    assert _ulps(np.abs(h[worst]), np.abs(true)).max() <= 3
+    tiny = np.abs(z) < 1e-300  # subnormal h kept: z/4 exactly
+    np.testing.assert_array_equal(h[tiny], 0.25 * z[tiny])
+
+
+def test_half_tanh_float32_series_within_1_ulp():
+    z = _small_z_sweep()
+    z = z[np.abs(z) >= 1e-45].astype(np.float32).astype(np.float64)
+    h, em1 = np.empty_like(z), np.empty_like(z)
+    _half_tanh_all(z, True, h, em1)
+    want = (0.5 * np.tanh(0.5 * z)).astype(np.float32)
+    got = h.astype(np.float32)
+    assert np.abs(np.abs(got).view(np.int32) - np.abs(want).view(np.int32)).max() <= 1
+    assert np.array_equal(np.sign(got), np.sign(want))

@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_inline, kernel, parallel_kernel
-from ._math import is_f32, log1p01, mul0, sigmoid_pair
+from ._math import SMALL_Z, is_f32, log1p01, mul0, sigmoid_parts
 
 BLOCK = 1024
 CHUNK = 64 * BLOCK
@@ -91,25 +91,33 @@ def _chunk(op, z, y, w, pw, grad, loss, scale, c):
             wi = np.float64(wv[t])
             if op == MSE:
                 d = zi - yi
-                li = d * d
-                gi = c2 * d
+                # the weight goes in first (w d, then (w d) d and c (w d)): a
+                # small weight cannot let d*d or 2*d overflow ahead of it
+                wd = mul0(wi, d)
+                li = mul0(wd, d)
+                gi = c2 * wd
             elif op == SIGMOID_MSE:
-                s, sn, _ = sigmoid_pair(zi, f32)
-                # z >= 0: (1 - y) is exact near y = 1 and keeps sigmoid(-z)
+                s, sn, e, h = sigmoid_parts(zi, f32)
+                # z >= 0: (1 - y) is exact near y = 1 and keeps sigmoid(-z);
+                # |z| < 1: (s - 1/2) + (1/2 - y) keeps y = 1/2's digits (a select)
                 r = ((1.0 - yi) - sn) if zi >= 0 else (s - yi)
-                li = r * r
-                gi = ((c2 * r) * s) * sn  # tiny s*sn last: no early underflow
+                r = (h + (0.5 - yi)) if abs(zi) < SMALL_Z else r
+                li = mul0(wi, r * r)
+                # s (1 - s) = e / (1 + e)^2, multiplied last: no early underflow
+                big = s if zi >= 0 else sn  # 1 / (1 + e)
+                gi = mul0(wi, (c2 * r) * (e * (big * big)))
             else:
-                s, sn, e = sigmoid_pair(zi, f32)
+                s, sn, e, h = sigmoid_parts(zi, f32)
                 ai = np.float64(pv[t]) * yi
                 bi = 1.0 - yi
                 l1 = log1p01(e, f32)  # softplus(+-z) = max(+-z, 0) + log1p(exp(-|z|))
                 sp_neg = (-zi if zi < 0 else 0.0) + l1
                 sp_pos = (zi if zi > 0 else 0.0) + l1
-                li = mul0(ai, sp_neg) + mul0(bi, sp_pos)  # terms >= 0: no cancel
-                gi = scale * (bi * s - ai * sn)  # exact limits at +-inf
-            li = mul0(wi, li)
-            gi = mul0(wi, gi)
+                li = mul0(wi, mul0(ai, sp_neg) + mul0(bi, sp_pos))  # terms >= 0: no cancel
+                # b s - a sn has exact limits at +-inf; near 0, with s = 1/2 + h,
+                # (b - a)/2 + h (a + b) keeps y = 1/2's digits (a select)
+                gz = (0.5 * (bi - ai) + h * (ai + bi)) if abs(zi) < SMALL_Z else (bi * s - ai * sn)
+                gi = mul0(wi, scale * gz)
             lb[t] = li
             if has_g:
                 gb[t] = gi  # z[i] was read above: grad may alias z

@@ -37,12 +37,8 @@ def _is_f32_impl(a):
 
 
 @jit_fma
-def exp(x, f32=False):
-    """``exp(x)`` for float64 ``x``, ~1 ulp; 0 below -745.2, inf above 709.8.
-
-    ``f32=True`` (a constant, for results rounded to float32) stops the
-    series at degree 7: truncation 8e-9 relative, 0.1 float32 ulp.
-    """
+def _exp_parts(x, f32):
+    """``exp(x) = 2**k (1 + pm)``: return ``(pm, s1, s2)`` with ``2**k = s1 s2``."""
     # Clamp first so k stays in range; the clamp values still give the exact
     # limits (exp(-746) rounds to 0, exp(710) overflows), and NaN passes.
     if x < -746.0:
@@ -67,8 +63,7 @@ def exp(x, f32=False):
     p = p * r + 1.0 / 24.0
     p = p * r + 1.0 / 6.0
     p = p * r + 0.5
-    p = (p * r) * r + r  # small terms summed before the leading 1
-    p = p + 1.0
+    pm = (p * r) * r + r  # exp(r) - 1: small terms summed before the leading 1
     # NaN would make the int conversion undefined: use k = 0 (p is NaN anyway).
     k = np.int64(kf) if kf == kf else np.int64(0)
     # 2**k as two exact powers: a subnormal result is rounded once, at the end.
@@ -76,7 +71,31 @@ def exp(x, f32=False):
     k2 = k - k1
     s1 = np.int64((k1 + 1023) << 52).view(np.float64)
     s2 = np.int64((k2 + 1023) << 52).view(np.float64)
-    return (p * s1) * s2
+    return pm, s1, s2
+
+
+@jit
+def exp(x, f32=False):
+    """``exp(x)`` for float64 ``x``, ~1 ulp; 0 below -745.2, inf above 709.8.
+
+    ``f32=True`` (a constant, for results rounded to float32) stops the
+    series at degree 7: truncation 8e-9 relative, 0.1 float32 ulp.
+    """
+    pm, s1, s2 = _exp_parts(x, f32)
+    return ((pm + 1.0) * s1) * s2
+
+
+@jit_fma
+def exp_em1(x, f32=False):
+    """``(exp(x), expm1(x))``; the second is ~1 ulp only for ``|x| <= 1``.
+
+    There k is -1, 0 or 1 and ``expm1 = 2**k pm + (2**k - 1)`` has no
+    cancellation (|pm| <= 0.42), so the small-|z| sigmoid needs no second
+    series.
+    """
+    pm, s1, s2 = _exp_parts(x, f32)
+    sc = s1 * s2
+    return ((pm + 1.0) * s1) * s2, sc * pm + (sc - 1.0)
 
 
 @jit_fma
@@ -112,19 +131,29 @@ def log1p01(u, f32=False):
     return y
 
 
-@jit
-def sigmoid_pair(z, f32=False):
-    """``(sigmoid(z), sigmoid(-z))`` from one ``exp``, each ~1 ulp.
+#: below this |z|, sigmoid(z) - 1/2 is formed as tanh(z/2)/2 (mirrors
+#: fastloss.reference.SMALL_Z): sigmoid(z) itself rounds to 1/2 for tiny z.
+SMALL_Z = 1.0
 
-    Also returns ``e = exp(-|z|)`` for softplus.  ``sigmoid(-z)`` is never
+
+@jit
+def sigmoid_parts(z, f32=False):
+    """``(sigmoid(z), sigmoid(-z), e, h)`` from one ``exp``, each ~1 ulp.
+
+    ``e = exp(-|z|)`` is for softplus.  ``sigmoid(-z)`` is never
     ``1 - sigmoid(z)``: that rounds to 0 for z > 37 and zeroes s(1-s).
+    ``h = sigmoid(z) - 1/2 = tanh(z/2)/2``, <= 3 ulp for ``|z| < SMALL_Z``
+    (meaningless beyond).
     """
-    e = exp(-abs(z), f32)  # in [0, 1]: cannot overflow
+    e, em1 = exp_em1(-abs(z), f32)  # e in [0, 1]: cannot overflow
     big = 1.0 / (1.0 + e)
     small = e * big  # subnormal when e is: kept, not flushed
+    # tanh(|z|/2)/2 = -expm1(-|z|) / (2 (1 + e)), exact for tiny z; reusing
+    # 1/(1 + e) saves a vector division (a 2 + expm1 divisor gains < 1 ulp)
+    th = (-0.5 * em1) * big
     if z >= 0:
-        return big, small, e
-    return small, big, e
+        return big, small, e, th
+    return small, big, e, -th
 
 
 @jit

@@ -104,6 +104,17 @@ def _shift(v, m, inf_row):
     return v - m
 
 
+@jit
+def _term(a, sh, v, m, inf_row):
+    """``a (z - m)`` with ``0 * -inf := 0``.
+
+    ``z - m`` overflows to -inf for finite z when |z|, |m| ~ 1e308: then
+    ``2 (a (z/2 - m/2))`` (a select, so the loop stays vectorised).
+    """
+    huge = sh == -_INF and v != -_INF and not inf_row
+    return 2.0 * mul0(a, 0.5 * v - 0.5 * m) if huge else mul0(a, sh)
+
+
 @jit_inline
 def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale, esc):
     """Loss of row ``r`` into ``loss[r]``; its gradient into ``wr`` if ``has_g``."""
@@ -122,32 +133,60 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
         return
     inf_row = m == _INF
     cw = eps / C  # smoothing mass per class (0.0 without smoothing)
+    keep = 1.0 - eps  # t' = (1 - eps) t + eps / C, probability targets too
     # label entry, read before the row is overwritten (wr may be z's row)
-    sh_y = _shift(np.float64(wr[y]), m, inf_row) if y >= 0 else 0.0
+    v_y = np.float64(wr[y]) if y >= 0 else 0.0
+    sh_y = _shift(v_y, m, inf_row) if y >= 0 else 0.0
     w_y = (np.float64(w[y]) if has_w else 1.0) if y >= 0 else 0.0
-    a_y = ((1.0 - eps) + cw) * w_y  # t_y w_y with t_y = 1 (1 - eps) + eps / C
-    # ---- exp pass: e = exp(z - m) in place, sums S', A, T
+    a_y = (keep + cw) * w_y  # t_y w_y with t_y = 1 (1 - eps) + eps / C
+    w_am = np.float64(w[am]) if has_w else 1.0
+    if use_p:
+        a_am = (np.float64(probs[r, am]) * keep + cw) * w_am
+    else:
+        a_am = a_y if am == y else cw * w_am
+    # ---- exp pass: e = exp(z - m) in place, sums S', A', T
     s1 = 0.0  # S' = sum of e over all but the argmax: S = 1 + S'
-    A = 0.0  # sum of weighted targets a_k
+    a_rest = 0.0  # A' = sum of weighted targets a_k over all but the argmax
     T = 0.0  # sum of a_k (z_k - m), with 0 * -inf := 0
+    tau = 0.0  # softmax_mse: classes tied with the max (z == m, e == 1)
+    e_rest = 0.0  # softmax_mse: sum of e over the classes not tied
     sums = use_p or eps != 0.0
     f32 = is_f32(zr)  # constant: shorter exp series for float32 rows
-    for k in range(C):
-        sh = _shift(np.float64(wr[k]), m, inf_row)
-        e = exp(sh, f32)
-        wr[k] = e * esc  # float32 rows hold e * 2**100: tiny e stays normal
-        s1 = add_reassoc(s1, e if k != am else 0.0)
-        if sums:
+    if op == SMSE:  # separate loops: op is a runtime value, branches inside stop vectorising
+        for k in range(C):
+            sh = _shift(np.float64(wr[k]), m, inf_row)
+            e = exp(sh, f32)
+            # tied classes stored +e, the rest -e: the tie survives the
+            # overwrite (an untied e may round to 1)
+            tied = sh == 0.0
+            wr[k] = (e if tied else -e) * esc
+            tau = add_reassoc(tau, 1.0 if tied else 0.0)  # exact: integer counts
+            e_rest = add_reassoc(e_rest, 0.0 if tied else e)
+            s1 = add_reassoc(s1, e if k != am else 0.0)
+    elif not sums:  # labels without smoothing: the hot loop, exp and S' only
+        for k in range(C):
+            e = exp(_shift(np.float64(wr[k]), m, inf_row), f32)
+            wr[k] = e * esc  # float32 rows hold e * 2**100: tiny e stays normal
+            s1 = add_reassoc(s1, e if k != am else 0.0)
+    else:
+        for k in range(C):
+            v = np.float64(wr[k])
+            sh = _shift(v, m, inf_row)
+            e = exp(sh, f32)
+            wr[k] = e * esc
+            s1 = add_reassoc(s1, e if k != am else 0.0)
             wk = np.float64(w[k]) if has_w else 1.0
             if use_p:
-                ak = np.float64(probs[r, k]) * wk
+                ak = (np.float64(probs[r, k]) * keep + cw) * wk
             else:
                 ak = cw * wk if k != y else 0.0  # label entry added below
-            A = add_reassoc(A, ak)
-            T = add_reassoc(T, mul0(ak, sh))
+            a_rest = add_reassoc(a_rest, ak if k != am else 0.0)
+            # float32 z: z - m cannot overflow in float64, no select needed
+            T = add_reassoc(T, mul0(ak, sh) if f32 else _term(ak, sh, v, m, inf_row))
     if y >= 0:
-        A += a_y
-        T += mul0(a_y, sh_y)
+        a_rest += a_y if y != am else 0.0
+        T += _term(a_y, sh_y, v_y, m, inf_row)
+    A = a_rest + a_am
     S = 1.0 + s1
     q = s1 / S  # 1 - p_argmax, never formed as a difference
     inv_esc = 1.0 / esc
@@ -162,43 +201,69 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
         for k in range(C):
             p = np.float64(wr[k]) * rs if f32 else (np.float64(wr[k]) * inv_esc) / S
             wk = np.float64(w[k]) if has_w else 1.0
-            ak = np.float64(probs[r, k]) * wk if use_p else cw * wk
+            ak = (np.float64(probs[r, k]) * keep + cw) * wk if use_p else cw * wk
             wr[k] = (p * A - ak) * scale
         if y >= 0 and y != am:
             wr[y] = (p_y * A - a_y) * scale  # a_y differs from cw w_y (p_y read before overwrite)
-        if am == y:
-            a_am = a_y
-        else:
-            a_am = (np.float64(probs[r, am]) if use_p else cw) * (np.float64(w[am]) if has_w else 1.0)
-        # argmax entry: p A - a = (A - a) - A q, exact when p rounds to 1
-        wr[am] = ((A - a_am) - A * q) * scale
+        # argmax entry: p A - a = A' - A q (the others' a summed, never
+        # A - a subtracted): exact when p rounds to 1
+        wr[am] = (a_rest - A * q) * scale
         return
-    # ---- softmax_mse: sum l and D' from p, then write the gradient
+    _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest)
+
+
+@jit_inline
+def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest):
+    """softmax_mse from the stored (tie-tagged) e: loss and gradient of row r.
+
+    With u = w (p - t), dl/dz_j = 2 p_j (u_j - sum_k p_k u_k); the bracket
+    cancels to noise when most mass sits on classes tied with the max
+    ([-40, 0, 0, 0], label 0).  Split off the tied set T (p = p_max) and use
+    sum p = 1: u_j - sum p u = p_max A_j + (Q u_j - V), as in
+    :func:`fastloss.reference.softmax_rows`.
+    """
+    C = zr.size
+    has_w = w.size > 0
+    use_p = probs.shape[0] > 0
+    p_max = 1.0 / S
+    Q = e_rest / S  # sum of p off T = 1 - tau p_max, never a difference
+    one_tied = tau == 1.0
     l = 0.0
-    d_rest = 0.0  # D' = sum of w d p over all but the argmax
+    V = 0.0  # sum over k not in T of p u
+    W_T = 0.0  # sum over T of w
+    WT_T = 0.0  # sum over T of w t
     for k in range(C):
-        p = np.float64(wr[k]) * rs if f32 else (np.float64(wr[k]) * inv_esc) / S
+        x = np.float64(wr[k])
+        tied = x > 0.0
+        p = abs(x) * rs if f32 else (abs(x) * inv_esc) / S
         tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
-        d = p - tk
-        wd = (np.float64(w[k]) if has_w else 1.0) * d
-        l = add_reassoc(l, wd * d if k != am else 0.0)
-        d_rest = add_reassoc(d_rest, wd * p if k != am else 0.0)
-    t_am = np.float64(probs[r, am]) if use_p else (1.0 if am == y else 0.0)
-    p_am = 1.0 / S
-    d_am = (1.0 - t_am) - q  # p_argmax - t without the rounding of 1 - q
-    wd_am = (np.float64(w[am]) if has_w else 1.0) * d_am
-    l += wd_am * d_am
+        wk = np.float64(w[k]) if has_w else 1.0
+        # a lone max: p_max - t = (1 - t) - Q, exact when p_max rounds to 1
+        d = ((1.0 - tk) - Q) if (tied and one_tied) else (p - tk)
+        u = wk * d
+        l = add_reassoc(l, u * d)
+        V = add_reassoc(V, 0.0 if tied else p * u)
+        W_T = add_reassoc(W_T, wk if tied else 0.0)
+        WT_T = add_reassoc(WT_T, wk * tk if tied else 0.0)
     loss[r] = l
     if not has_g:
         return
-    D = d_rest + wd_am * p_am
+    # U_T = sum_T w (p_max - t) = (W_T/tau - WT_T) - Q W_T/tau: the first
+    # difference is exact without weights when a tied class is the label
+    w_bar = W_T / tau
+    U_T = (w_bar - WT_T) - Q * w_bar
     for k in range(C):
-        p = np.float64(wr[k]) * rs if f32 else (np.float64(wr[k]) * inv_esc) / S
+        x = np.float64(wr[k])
+        tied = x > 0.0
+        p = abs(x) * rs if f32 else (abs(x) * inv_esc) / S
         tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
-        wd = (np.float64(w[k]) if has_w else 1.0) * (p - tk)
-        wr[k] = ((2.0 * p) * (wd - D)) * scale
-    # argmax entry: w d - D = w d q - D' (no cancellation)
-    wr[am] = ((2.0 * p_am) * (wd_am * q - d_rest)) * scale
+        wk = np.float64(w[k]) if has_w else 1.0
+        d = ((1.0 - tk) - Q) if (tied and one_tied) else (p - tk)
+        u = wk * d
+        tw = tau * wk
+        a_j = (p_max * (tw - W_T) - (tw * tk - WT_T)) if tied else (tau * u - U_T)
+        G = p_max * a_j + (Q * u - V)
+        wr[k] = ((2.0 * p) * G) * scale
 
 
 @jit_inline
