@@ -29,20 +29,22 @@ FL_INLINE double FL_V(fl_exp_row)(const T *restrict z, double m, int64_t am, int
     return s1;
 }
 
-/* sum_k mul0(a_k, z_k - m) with a_k = t_k w_k, and A = sum_k a_k */
+/* sum_k a_k (z_k - m) with a_k = t_k w_k, A = sum_k a_k, and A' = the sum
+ * of a_k over k != am (the argmax gradient sums it, never forms A - a_am) */
 FL_INLINE double FL_V(fl_target_dot)(const T *restrict z, double m, const T *restrict pr, int64_t y,
-                                     const T *restrict w, int64_t C, double keep, double spread, double *A_out)
+                                     const T *restrict w, int64_t C, double keep, double spread, int64_t am,
+                                     double *A_out, double *Arest_out)
 {
-    double A = 0.0, dot = 0.0;
+    double A = 0.0, Ar = 0.0, dot = 0.0;
     for (int64_t k = 0; k < C; k++) {
         double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
         double a = t * (w != NULL ? (double)w[k] : 1.0);
-        /* +inf row: z - m is 0 on the +inf entries and -inf elsewhere */
-        double sh = m == __builtin_inf() ? (z[k] == (T)m ? 0.0 : -__builtin_inf()) : (double)z[k] - m;
         A += a;
-        dot += fl_mul0(a, sh);
+        Ar += k == am ? 0.0 : a;
+        dot += fl_target_term(a, (double)z[k], m);
     }
     *A_out = A;
+    *Arest_out = Ar;
     return dot;
 }
 
@@ -96,14 +98,14 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
         double invS = 1.0 / S;
 #define FL_P(k) (sizeof(T) == 4 ? eb[k] * invS : eb[k] / S)
         if (!c->op_mse) {
-            double A, dot;
+            double A, Ar, dot;
             int plain = pr == NULL && spread == 0.0;  /* one-hot labels: one nonzero a */
             if (plain) {
-                double sh_y = m == __builtin_inf() ? (z[y] == (T)m ? 0.0 : -__builtin_inf()) : (double)z[y] - m;
                 A = w != NULL ? (double)w[y] : 1.0;
-                dot = fl_mul0(A, sh_y);
+                Ar = y == am ? 0.0 : A;
+                dot = fl_target_term(A, (double)z[y], m);
             } else {
-                dot = FL_V(fl_target_dot)(z, m, pr, y, w, C, keep, spread, &A);
+                dot = FL_V(fl_target_dot)(z, m, pr, y, w, C, keep, spread, am, &A, &Ar);
             }
             /* -sum a log p = A log S - sum a (z - m): both terms >= 0, so a
              * dominant label (p -> 1) loses nothing to cancellation */
@@ -121,8 +123,8 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
                     g[k] = (T)(sc * (FL_P(k) * A - a));
                 }
             }
-            /* argmax entry: p A - a = (A - a) - A q, exact when p rounds to 1 */
-            g[am] = (T)(sc * ((A - t_am * w_am) - A * q));
+            /* argmax entry: p A - a = A' - A q, exact when p rounds to 1 */
+            g[am] = (T)(sc * (Ar - A * q));
         } else {
             /* d = p - t; at the argmax (1 - t) - q avoids rounding 1 - q */
             double l = 0.0, d_rest = 0.0;
