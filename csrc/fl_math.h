@@ -60,6 +60,17 @@ FL_INLINE double fl_sum(const double *v, int64_t m)
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
+/* Pairwise sum of fl_sum blocks of <= 64: error ~(16 + log2(m)) ulp of the
+ * sum of |v| instead of m ulp, for sums whose result may cancel (softmax_mse
+ * V) over long rows; still one fixed order. */
+static double fl_psum(const double *v, int64_t m)
+{
+    if (m <= 64)
+        return fl_sum(v, m);
+    int64_t h = ((m >> 1) + 3) & ~(int64_t)3;  /* halves on lane boundaries */
+    return fl_psum(v, h) + fl_psum(v + h, m - h);
+}
+
 /* coef * v with 0 * inf := 0 (a zero weight or target coefficient masks
  * exactly).  An AND with a compare mask, not a branch: gcc would otherwise
  * turn the select into masked loads of the inputs of v. */

@@ -54,7 +54,7 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
     const int64_t C = c->C;
     const T *w = c->w;
     double keep = 1.0 - c->smoothing, spread = c->smoothing / (double)C;
-    double *eb = malloc(sizeof(double) * (size_t)C);
+    double *eb = malloc(sizeof(double) * (size_t)C * (c->op_mse ? 2 : 1));  /* e; softmax_mse: + terms */
     for (int64_t r = r0; r < r1; r++) {
         const T *restrict z = (const T *)c->z + r * C;
         const T *restrict pr = c->probs != NULL ? (const T *)c->probs + r * C : NULL;
@@ -89,8 +89,6 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
         double s1 = FL_V(fl_exp_row)(z, m, am, C, eb);
         double S = 1.0 + s1;
         double q = s1 / S;  /* 1 - p_argmax, never formed as a difference */
-        double t_am = fl_target(pr != NULL ? (double)pr[am] : (am == y ? 1.0 : 0.0), keep, spread);
-        double w_am = w != NULL ? (double)w[am] : 1.0;
         double sc = c->scale;
 
         /* p = e / S; for float32 results one reciprocal (an extra rounding
@@ -126,31 +124,58 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
             /* argmax entry: p A - a = A' - A q, exact when p rounds to 1 */
             g[am] = (T)(sc * (Ar - A * q));
         } else {
-            /* d = p - t; at the argmax (1 - t) - q avoids rounding 1 - q */
-            double l = 0.0, d_rest = 0.0;
+            /* With u = w (p - t), dl/dz_j = 2 p_j (u_j - sum_k p_k u_k); the
+             * bracket cancels to noise when most mass sits on classes tied
+             * with the max ([-40, 0, 0, 0]).  Split off T = {k: z_k == m}
+             * (e = 1, p = p_max), tau = |T|, and use sum p = 1:
+             *   u_j - sum p u = p_max (tau u_j - U_T) + (Q u_j - V),
+             * Q = sum_{not T} p, V = sum_{not T} p u (reference.py). */
+            double tau = 0.0;
+            double *vb = eb + C;  /* terms of Q, then of V: summed pairwise */
             for (int64_t k = 0; k < C; k++) {
-                double p = eb[k] / S;
-                double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
-                double wd = (w != NULL ? (double)w[k] : 1.0) * (p - t);
-                l += k == am ? 0.0 : wd * (p - t);
-                d_rest += k == am ? 0.0 : wd * p;  /* D' = sum over all but the argmax */
+                int in_t = (double)z[k] == m;
+                tau += in_t ? 1.0 : 0.0;
+                vb[k] = in_t ? 0.0 : eb[k];
             }
-            double p_am = 1.0 / S;
-            double d_am = (1.0 - t_am) - q;
-            double wd_am = w_am * d_am;
-            l += wd_am * d_am;
+            double p_max = 1.0 / S;
+            double Q = fl_psum(vb, C) / S;  /* 1 - tau p_max, never a difference */
+            int single = tau == 1.0;
+            double l = 0.0, W_T = 0.0, WT_T = 0.0;
+            for (int64_t k = 0; k < C; k++) {
+                int in_t = (double)z[k] == m;
+                double p = FL_P(k);
+                double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
+                double wk = w != NULL ? (double)w[k] : 1.0;
+                /* tau == 1: p_max - t = (1 - t) - Q, exact when p_max rounds to 1 */
+                double d = in_t && single ? (1.0 - t) - Q : p - t;
+                double u = wk * d;
+                l += u * d;
+                vb[k] = in_t ? 0.0 : p * u;
+                W_T += in_t ? wk : 0.0;
+                WT_T += in_t ? wk * t : 0.0;
+            }
             c->loss[r] = l;
             if (g == NULL)
                 continue;
-            double D = d_rest + wd_am * p_am;
+            double V = fl_psum(vb, C);  /* u_j - sum p u cancels: an accurate sum */
+            /* U_T = p_max W_T - WT_T cancels when a tied class is the label;
+             * with tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau */
+            double w_bar = W_T / tau;
+            double U_T = (w_bar - WT_T) - Q * w_bar;
             for (int64_t k = 0; k < C; k++) {
+                int in_t = (double)z[k] == m;
                 double p = FL_P(k);
                 double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
-                double wd = (w != NULL ? (double)w[k] : 1.0) * (p - t);
-                g[k] = (T)(sc * (2.0 * p * (wd - D)));
+                double wk = w != NULL ? (double)w[k] : 1.0;
+                double d = in_t && single ? (1.0 - t) - Q : p - t;
+                double u = wk * d;
+                double tw = tau * wk;
+                /* tied j: p_max (tau w_j - W_T) - (tau w_j t_j - WT_T), whose
+                 * differences are exact for unweighted rows */
+                double Aj = in_t ? p_max * (tw - W_T) - (tw * t - WT_T) : tau * u - U_T;
+                double G = p_max * Aj + (Q * u - V);
+                g[k] = (T)((2.0 * p * G) * sc);
             }
-            /* argmax entry: w d - D = w d q - D' (no cancellation) */
-            g[am] = (T)(sc * (2.0 * p_am * (wd_am * q - d_rest)));
         }
     }
     free(eb);
