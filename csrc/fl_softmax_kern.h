@@ -130,17 +130,24 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
              * (e = 1, p = p_max), tau = |T|, and use sum p = 1:
              *   u_j - sum p u = p_max (tau u_j - U_T) + (Q u_j - V),
              * Q = sum_{not T} p, V = sum_{not T} p u (reference.py). */
-            double tau = 0.0;
-            double *vb = eb + C;  /* terms of Q, then of V: summed pairwise */
+            double tau = 0.0, Qn = 0.0;
+            /* long rows: terms of Q, then of V, summed pairwise (short rows:
+             * a running sum, no buffer round trip) */
+            double *vb = eb + C;
+            const int long_row = C > 64;
             for (int64_t k = 0; k < C; k++) {
                 int in_t = (double)z[k] == m;
                 tau += in_t ? 1.0 : 0.0;
-                vb[k] = in_t ? 0.0 : eb[k];
+                double qk = in_t ? 0.0 : eb[k];
+                Qn += qk;
+                if (long_row)
+                    vb[k] = qk;
             }
             double p_max = 1.0 / S;
-            double Q = fl_psum(vb, C) / S;  /* 1 - tau p_max, never a difference */
+            Qn = long_row ? fl_psum(vb, C) : Qn;
+            double Q = Qn / S;  /* 1 - tau p_max, never a difference */
             int single = tau == 1.0;
-            double l = 0.0, W_T = 0.0, WT_T = 0.0;
+            double l = 0.0, V = 0.0, W_T = 0.0, WT_T = 0.0;
             for (int64_t k = 0; k < C; k++) {
                 int in_t = (double)z[k] == m;
                 double p = FL_P(k);
@@ -150,14 +157,17 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
                 double d = in_t && single ? (1.0 - t) - Q : p - t;
                 double u = wk * d;
                 l += u * d;
-                vb[k] = in_t ? 0.0 : p * u;
+                double vk = in_t ? 0.0 : p * u;
+                V += vk;
+                if (long_row)
+                    vb[k] = vk;
                 W_T += in_t ? wk : 0.0;
                 WT_T += in_t ? wk * t : 0.0;
             }
             c->loss[r] = l;
             if (g == NULL)
                 continue;
-            double V = fl_psum(vb, C);  /* u_j - sum p u cancels: an accurate sum */
+            V = long_row ? fl_psum(vb, C) : V;  /* u_j - sum p u cancels: an accurate sum */
             /* U_T = p_max W_T - WT_T cancels when a tied class is the label;
              * with tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau */
             double w_bar = W_T / tau;
