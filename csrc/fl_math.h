@@ -60,15 +60,22 @@ FL_INLINE double fl_sum(const double *v, int64_t m)
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
-/* Pairwise sum of fl_sum blocks of <= 64: error ~(16 + log2(m)) ulp of the
- * sum of |v| instead of m ulp, for sums whose result may cancel (softmax_mse
- * V) over long rows; still one fixed order. */
-static double fl_psum(const double *v, int64_t m)
+/* Pairwise sum of v[0..m), m >= 1, in place (v is scratch): error ~log2(m)
+ * ulp of the sum of |v|, for sums whose result may cancel (softmax_mse V)
+ * over long rows; one fixed order.  Inline and non-recursive, so it is
+ * compiled with each ISA variant's flags (no out-of-line SSE call from
+ * AVX-512 code). */
+FL_INLINE double fl_pairwise_inplace(double *v, int64_t m)
 {
-    if (m <= 64)
-        return fl_sum(v, m);
-    int64_t h = ((m >> 1) + 3) & ~(int64_t)3;  /* halves on lane boundaries */
-    return fl_psum(v, h) + fl_psum(v + h, m - h);
+    while (m > 1) {
+        int64_t h = m >> 1;
+        for (int64_t i = 0; i < h; i++)
+            v[i] = v[2 * i] + v[2 * i + 1];
+        if (m & 1)
+            v[h] = v[m - 1];
+        m = h + (m & 1);
+    }
+    return v[0];
 }
 
 /* coef * v with 0 * inf := 0 (a zero weight or target coefficient masks

@@ -130,44 +130,49 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
              * (e = 1, p = p_max), tau = |T|, and use sum p = 1:
              *   u_j - sum p u = p_max (tau u_j - U_T) + (Q u_j - V),
              * Q = sum_{not T} p, V = sum_{not T} p u (reference.py). */
-            double tau = 0.0, Qn = 0.0;
-            /* long rows: terms of Q, then of V, summed pairwise (short rows:
-             * a running sum, no buffer round trip) */
-            double *vb = eb + C;
-            const int long_row = C > 64;
-            for (int64_t k = 0; k < C; k++) {
-                int in_t = (double)z[k] == m;
-                tau += in_t ? 1.0 : 0.0;
-                double qk = in_t ? 0.0 : eb[k];
-                Qn += qk;
-                if (long_row)
-                    vb[k] = qk;
+            /* Q and V sums: running sums over blocks of 64 classes, the block
+             * partials summed pairwise -- accurate on long rows without a
+             * row-sized buffer pass */
+            double tau = 0.0;
+            double *pb = eb + C;  /* block partials, (C + 63) / 64 <= C of them */
+            int64_t nblk = 0;
+            for (int64_t k0 = 0; k0 < C; k0 += 64) {
+                int64_t k1 = C - k0 > 64 ? k0 + 64 : C;
+                double part = 0.0;
+                for (int64_t k = k0; k < k1; k++) {
+                    int in_t = (double)z[k] == m;
+                    tau += in_t ? 1.0 : 0.0;
+                    part += in_t ? 0.0 : eb[k];
+                }
+                pb[nblk++] = part;
             }
             double p_max = 1.0 / S;
-            Qn = long_row ? fl_psum(vb, C) : Qn;
-            double Q = Qn / S;  /* 1 - tau p_max, never a difference */
+            double Q = fl_pairwise_inplace(pb, nblk) / S;  /* 1 - tau p_max, never a difference */
             int single = tau == 1.0;
-            double l = 0.0, V = 0.0, W_T = 0.0, WT_T = 0.0;
-            for (int64_t k = 0; k < C; k++) {
-                int in_t = (double)z[k] == m;
-                double p = FL_P(k);
-                double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
-                double wk = w != NULL ? (double)w[k] : 1.0;
-                /* tau == 1: p_max - t = (1 - t) - Q, exact when p_max rounds to 1 */
-                double d = in_t && single ? (1.0 - t) - Q : p - t;
-                double u = wk * d;
-                l += u * d;
-                double vk = in_t ? 0.0 : p * u;
-                V += vk;
-                if (long_row)
-                    vb[k] = vk;
-                W_T += in_t ? wk : 0.0;
-                WT_T += in_t ? wk * t : 0.0;
+            double l = 0.0, W_T = 0.0, WT_T = 0.0;
+            nblk = 0;
+            for (int64_t k0 = 0; k0 < C; k0 += 64) {
+                int64_t k1 = C - k0 > 64 ? k0 + 64 : C;
+                double part = 0.0;
+                for (int64_t k = k0; k < k1; k++) {
+                    int in_t = (double)z[k] == m;
+                    double p = FL_P(k);
+                    double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
+                    double wk = w != NULL ? (double)w[k] : 1.0;
+                    /* tau == 1: p_max - t = (1 - t) - Q, exact when p_max rounds to 1 */
+                    double d = in_t && single ? (1.0 - t) - Q : p - t;
+                    double u = wk * d;
+                    l += u * d;
+                    part += in_t ? 0.0 : p * u;
+                    W_T += in_t ? wk : 0.0;
+                    WT_T += in_t ? wk * t : 0.0;
+                }
+                pb[nblk++] = part;
             }
             c->loss[r] = l;
             if (g == NULL)
                 continue;
-            V = long_row ? fl_psum(vb, C) : V;  /* u_j - sum p u cancels: an accurate sum */
+            double V = fl_pairwise_inplace(pb, nblk);  /* u_j - sum p u cancels: an accurate sum */
             /* U_T = p_max W_T - WT_T cancels when a tied class is the label;
              * with tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau */
             double w_bar = W_T / tau;
