@@ -54,7 +54,7 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
     const int64_t C = c->C;
     const T *w = c->w;
     double keep = 1.0 - c->smoothing, spread = c->smoothing / (double)C;
-    double *eb = malloc(sizeof(double) * (size_t)C * (c->op_mse ? 2 : 1));  /* e; softmax_mse: + terms */
+    double *eb = malloc(sizeof(double) * (size_t)(c->op_mse ? C + 2 * ((C + 63) / 64) : C));  /* e; softmax_mse: + partials */
     for (int64_t r = r0; r < r1; r++) {
         const T *restrict z = (const T *)c->z + r * C;
         const T *restrict pr = c->probs != NULL ? (const T *)c->probs + r * C : NULL;
@@ -130,49 +130,50 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
              * (e = 1, p = p_max), tau = |T|, and use sum p = 1:
              *   u_j - sum p u = p_max (tau u_j - U_T) + (Q u_j - V),
              * Q = sum_{not T} p, V = sum_{not T} p u (reference.py). */
-            /* Q and V sums: running sums over blocks of 64 classes, the block
-             * partials summed pairwise -- accurate on long rows without a
-             * row-sized buffer pass */
-            double tau = 0.0;
-            double *pb = eb + C;  /* block partials, (C + 63) / 64 <= C of them */
+            /* One pass: tau, and Q and V as running sums over blocks of 64
+             * classes whose partials are summed pairwise (accurate on long
+             * rows, no row-sized buffer).  d on T depends on Q only when
+             * tau == 1, i.e. T = {am}: that entry is added after the pass. */
+            double *pb = eb + C;  /* Q partials, then V partials: <= C / 2 + 1 each */
+            double *vb = pb + (C + 63) / 64;
+            double tau = 0.0, l = 0.0, lT = 0.0, W_T = 0.0, WT_T = 0.0;
             int64_t nblk = 0;
             for (int64_t k0 = 0; k0 < C; k0 += 64) {
                 int64_t k1 = C - k0 > 64 ? k0 + 64 : C;
-                double part = 0.0;
-                for (int64_t k = k0; k < k1; k++) {
-                    int in_t = (double)z[k] == m;
-                    tau += in_t ? 1.0 : 0.0;
-                    part += in_t ? 0.0 : eb[k];
-                }
-                pb[nblk++] = part;
-            }
-            double p_max = 1.0 / S;
-            double Q = fl_pairwise_inplace(pb, nblk) / S;  /* 1 - tau p_max, never a difference */
-            int single = tau == 1.0;
-            double l = 0.0, W_T = 0.0, WT_T = 0.0;
-            nblk = 0;
-            for (int64_t k0 = 0; k0 < C; k0 += 64) {
-                int64_t k1 = C - k0 > 64 ? k0 + 64 : C;
-                double part = 0.0;
+                double qpart = 0.0, vpart = 0.0;
                 for (int64_t k = k0; k < k1; k++) {
                     int in_t = (double)z[k] == m;
                     double p = FL_P(k);
                     double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
                     double wk = w != NULL ? (double)w[k] : 1.0;
-                    /* tau == 1: p_max - t = (1 - t) - Q, exact when p_max rounds to 1 */
-                    double d = in_t && single ? (1.0 - t) - Q : p - t;
+                    double d = p - t;
                     double u = wk * d;
-                    l += u * d;
-                    part += in_t ? 0.0 : p * u;
+                    tau += in_t ? 1.0 : 0.0;
+                    qpart += in_t ? 0.0 : eb[k];
+                    l += in_t ? 0.0 : u * d;
+                    lT += in_t ? u * d : 0.0;
+                    vpart += in_t ? 0.0 : p * u;
                     W_T += in_t ? wk : 0.0;
                     WT_T += in_t ? wk * t : 0.0;
                 }
-                pb[nblk++] = part;
+                pb[nblk] = qpart;
+                vb[nblk++] = vpart;
             }
+            double p_max = 1.0 / S;
+            double Q = fl_pairwise_inplace(pb, nblk) / S;  /* 1 - tau p_max, never a difference */
+            int single = tau == 1.0;
+            if (single) {
+                /* tau == 1: p_max - t = (1 - t) - Q, exact when p_max rounds to 1 */
+                double t = fl_target(pr != NULL ? (double)pr[am] : (am == y ? 1.0 : 0.0), keep, spread);
+                double d = (1.0 - t) - Q;
+                double u = (w != NULL ? (double)w[am] : 1.0) * d;
+                lT = u * d;
+            }
+            l += lT;
             c->loss[r] = l;
             if (g == NULL)
                 continue;
-            double V = fl_pairwise_inplace(pb, nblk);  /* u_j - sum p u cancels: an accurate sum */
+            double V = fl_pairwise_inplace(vb, nblk);  /* u_j - sum p u cancels: an accurate sum */
             /* U_T = p_max W_T - WT_T cancels when a tied class is the label;
              * with tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau */
             double w_bar = W_T / tau;
