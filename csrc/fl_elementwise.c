@@ -17,40 +17,52 @@
 #define FL_BLOCK 1024
 #define FL_MIN_PER_THREAD 64  /* blocks (64 Ki elements) before a thread pays off */
 
-FL_INLINE void fl_el_mse(double z, double y, double pw, double c, int lp, double *l, double *g)
+/* Each op returns the weighted loss w l and gradient c d(w l)/dz; c is the
+ * scale (times 2 for the MSE ops, see fl_scale_*). */
+FL_INLINE void fl_el_mse(double z, double y, double w, double pw, double c, int lp, double *l, double *g)
 {
     (void)pw;
     (void)lp;
     double d = z - y;
-    *l = d * d;
-    *g = c * d;
+    /* the weight goes in first: w d, then (w d) d and c (w d), so a small
+     * weight cannot let d*d or 2*d overflow ahead of it */
+    double wd = fl_mul0(w, d);
+    *l = fl_mul0(wd, d);
+    *g = c * wd;
 }
 
-FL_INLINE void fl_el_sigmoid_mse(double z, double y, double pw, double c, int lp, double *l, double *g)
+FL_INLINE void fl_el_sigmoid_mse(double z, double y, double w, double pw, double c, int lp, double *l,
+                                 double *g)
 {
     (void)pw;
-    double s, sn, e, big;
-    fl_sigmoid_pair(z, lp, &s, &sn, &e, &big);
+    double s, sn, e, big, h;
+    fl_sigmoid_pair(z, lp, &s, &sn, &e, &big, &h);
     /* s - y as (1 - y) - sigmoid(-z) for z >= 0: exact (1 - y) keeps every
-     * digit of sigmoid(-z) at y = 1 */
+     * digit of sigmoid(-z) at y = 1; near z = 0, (s - 1/2) + (1/2 - y) keeps
+     * the digits of y = 1/2 (s rounds to 1/2 there) */
     double r = z >= 0 ? (1.0 - y) - sn : s - y;
-    *l = r * r;
-    /* tiny factors last so no intermediate underflows ahead of the product */
-    *g = ((c * r) * s) * sn;
+    r = (z < FL_SMALL_Z && z > -FL_SMALL_Z) ? h + (0.5 - y) : r;
+    *l = fl_mul0(w, r * r);
+    /* s (1 - s) = e / (1 + e)^2, multiplied last: the tiny factor cannot
+     * underflow ahead of the final product */
+    *g = fl_mul0(w, (c * r) * ((e * big) * big));
 }
 
-FL_INLINE void fl_el_sigmoid_bce(double z, double y, double pw, double c, int lp, double *l, double *g)
+FL_INLINE void fl_el_sigmoid_bce(double z, double y, double w, double pw, double c, int lp, double *l,
+                                 double *g)
 {
-    double s, sn, e, big;
-    fl_sigmoid_pair(z, lp, &s, &sn, &e, &big);
+    double s, sn, e, big, h;
+    fl_sigmoid_pair(z, lp, &s, &sn, &e, &big, &h);
     double L = fl_log1p_small(e, big, lp);  /* shared tail of softplus(z), softplus(-z) */
     double a = pw * y, b = 1.0 - y;
     double sp_pos = (z > 0 ? z : 0.0) + L, sp_neg = (z < 0 ? -z : 0.0) + L;
     /* a softplus(-z) + b softplus(z): both terms >= 0, no cancellation */
-    *l = fl_mul0(a, sp_neg) + fl_mul0(b, sp_pos);
+    *l = fl_mul0(w, fl_mul0(a, sp_neg) + fl_mul0(b, sp_pos));
     /* b s - a sn: exact limits at +-inf, y = 1 -> -sn and y = 0 -> s exact;
-     * c carries scale only (no factor 2 here) */
-    *g = c * (b * s - a * sn);
+     * near z = 0, with s = 1/2 + h: (b - a)/2 + h (a + b) keeps y = 1/2 */
+    double gz = b * s - a * sn;
+    gz = (z < FL_SMALL_Z && z > -FL_SMALL_Z) ? 0.5 * (b - a) + h * (a + b) : gz;
+    *g = fl_mul0(w, c * gz);
 }
 
 typedef struct {

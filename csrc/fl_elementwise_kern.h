@@ -39,10 +39,7 @@ FL_INLINE const T *FL_V(fl_periodic)(const T *w, int64_t P, int64_t i0, int m, T
             const T *restrict pp = FL_V(fl_periodic)(c->pw, c->Ppw, i0, m, pwbuf, ones);       \
             const T *restrict zb = z + i0, *restrict yb = y + i0;                              \
             for (int j = 0; j < m; j++) {                                                      \
-                double lv, gv, wv = wp[j];                                                     \
-                fl_el_##OP(zb[j], yb[j], pp[j], cs, FL_LOWP, &lv, &gv);                                 \
-                lb[j] = fl_mul0(wv, lv);                                                       \
-                gb[j] = fl_mul0(wv, gv);                                                       \
+                fl_el_##OP(zb[j], yb[j], wp[j], pp[j], cs, FL_LOWP, &lb[j], &gb[j]);         \
             }                                                                                  \
             /* written after all reads of the block: grad may alias z */                      \
             if (g != NULL)                                                                     \

@@ -60,6 +60,24 @@ FL_INLINE double fl_sum(const double *v, int64_t m)
     return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
+/* Pairwise sum of v[0..m), m >= 1, in place (v is scratch): error ~log2(m)
+ * ulp of the sum of |v|, for sums whose result may cancel (softmax_mse V)
+ * over long rows; one fixed order.  Inline and non-recursive, so it is
+ * compiled with each ISA variant's flags (no out-of-line SSE call from
+ * AVX-512 code). */
+FL_INLINE double fl_pairwise_inplace(double *v, int64_t m)
+{
+    while (m > 1) {
+        int64_t h = m >> 1;
+        for (int64_t i = 0; i < h; i++)
+            v[i] = v[2 * i] + v[2 * i + 1];
+        if (m & 1)
+            v[h] = v[m - 1];
+        m = h + (m & 1);
+    }
+    return v[0];
+}
+
 /* coef * v with 0 * inf := 0 (a zero weight or target coefficient masks
  * exactly).  An AND with a compare mask, not a branch: gcc would otherwise
  * turn the select into masked loads of the inputs of v. */
@@ -72,8 +90,10 @@ FL_INLINE double fl_mul0(double coef, double v)
 /* exp(x) for x <= 0 (or NaN): every caller only needs the non-positive
  * half, which cannot overflow.  ~1 ulp; subnormal results rounded once.
  * lp (a compile-time constant after inlining): accurate enough for a
- * float32 result only, with a shorter polynomial. */
-FL_INLINE double fl_exp_nonpos(double x, int lp)
+ * float32 result only, with a shorter polynomial.  *em1 gets expm1(x), to
+ * ~2 ulp for -1 <= x <= 0 only (from the same reduction: 2^k P1 + (2^k - 1)
+ * with k in {-1, 0} there); it is dead code for callers that ignore it. */
+FL_INLINE double fl_exp_nonpos_m1(double x, int lp, double *em1)
 {
     const double shifter = 0x1.8p52;  /* adding it rounds to an integer in the low bits */
     /* exp(-746) < 2^-1075 rounds to 0: clamping also maps -inf there; NaN
@@ -104,6 +124,7 @@ FL_INLINE double fl_exp_nonpos(double x, int lp)
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
     p = p * r + 1.0;
+    double p1 = p * r;  /* expm1(r): exact r for tiny r, no 1 + r rounding */
     p = p * r + 1.0;
     /* 2^k in two normal factors: the first product is exact, the second
      * rounds once into the subnormal range instead of flushing. */
@@ -111,7 +132,15 @@ FL_INLINE double fl_exp_nonpos(double x, int lp)
     int64_t k2 = k - k1;
     double s1 = fl_from_bits((uint64_t)(k1 + 1023) << 52);
     double s2 = fl_from_bits((uint64_t)(k2 + 1023) << 52);
+    /* k = -1: 0.5 P1 - 0.5 with |0.5 P1| < 0.21, no cancellation */
+    *em1 = s2 * p1 + (s2 - 1.0);
     return (p * s1) * s2;
+}
+
+FL_INLINE double fl_exp_nonpos(double x, int lp)
+{
+    double em1;
+    return fl_exp_nonpos_m1(x, lp, &em1);
 }
 
 /* log(u) for u >= 1 finite, plus a correction term c added last (fdlibm
@@ -159,13 +188,20 @@ FL_INLINE double fl_log1p_nonneg(double x)
     return x < __builtin_inf() ? r : x;  /* +inf -> +inf, NaN -> NaN */
 }
 
+/* Below this |z|, sigmoid(z) - 1/2 is used as h = tanh(z/2)/2 (reference
+ * SMALL_Z): sigmoid(z) itself rounds to 1/2 for |z| < 2^-54. */
+#define FL_SMALL_Z 1.0
+
 /* sigmoid(z) and sigmoid(-z), each ~1 ulp; sigmoid(-z) is never formed as
  * 1 - sigmoid(z) (that rounds to 0 for z > 37 and zeroes s(1-s)).  Also
- * returns e = exp(-|z|) and 1/(1+e) for softplus. */
-FL_INLINE void fl_sigmoid_pair(double z, int lp, double *s, double *sn, double *e_out, double *big_out)
+ * returns e = exp(-|z|), big = 1/(1+e) (for softplus and s(1-s)) and
+ * h = sigmoid(z) - 1/2, valid for |z| < FL_SMALL_Z only. */
+FL_INLINE void fl_sigmoid_pair(double z, int lp, double *s, double *sn, double *e_out, double *big_out,
+                               double *h_out)
 {
     double az = z < 0 ? -z : z;
-    double e = fl_exp_nonpos(-az, lp);  /* in [0, 1]: cannot overflow */
+    double em1;
+    double e = fl_exp_nonpos_m1(-az, lp, &em1);  /* in [0, 1]: cannot overflow */
     double big = 1.0 / (1.0 + e);
     double small = e * big;         /* e/(1+e), subnormal when e is: kept */
     int pos = z >= 0;
@@ -173,6 +209,10 @@ FL_INLINE void fl_sigmoid_pair(double z, int lp, double *s, double *sn, double *
     *sn = pos ? small : big;
     *e_out = e;
     *big_out = big;
+    /* tanh(|z|/2) = (1 - e)/(1 + e) = -expm1(-|z|) * big: exact digits for
+     * tiny z (no 1 - e cancellation) and no second division */
+    double th = 0.5 * (-em1 * big);
+    *h_out = z < 0 ? -th : th;
 }
 
 /* log1p(e) for e = exp(-|z|) in [0, 1], given big = 1/(1+e): the rounding

@@ -32,6 +32,16 @@ typedef struct {
  * reference: t (1 - eps) + eps / C (exactly t when eps = 0). */
 FL_INLINE double fl_target(double t, double keep, double spread) { return t * keep + spread; }
 
+/* a (z - m) for one loss term.  z - m overflows to -inf for finite z when
+ * |z|, |m| ~ 1e308 (float64): then 2 a (z/2 - m/2).  A +inf row has z - m
+ * = 0 on its +inf entries and -inf elsewhere. */
+FL_INLINE double fl_target_term(double a, double z, double m)
+{
+    double sh = m == __builtin_inf() ? (z == m ? 0.0 : -__builtin_inf()) : z - m;
+    int huge = sh == -__builtin_inf() && z > -__builtin_inf() && m < __builtin_inf();
+    return huge ? 2.0 * fl_mul0(a, 0.5 * z - 0.5 * m) : fl_mul0(a, sh);
+}
+
 #define T float
 #define SFX f32
 #include "fl_softmax_impl.h"

@@ -29,20 +29,22 @@ FL_INLINE double FL_V(fl_exp_row)(const T *restrict z, double m, int64_t am, int
     return s1;
 }
 
-/* sum_k mul0(a_k, z_k - m) with a_k = t_k w_k, and A = sum_k a_k */
+/* sum_k a_k (z_k - m) with a_k = t_k w_k, A = sum_k a_k, and A' = the sum
+ * of a_k over k != am (the argmax gradient sums it, never forms A - a_am) */
 FL_INLINE double FL_V(fl_target_dot)(const T *restrict z, double m, const T *restrict pr, int64_t y,
-                                     const T *restrict w, int64_t C, double keep, double spread, double *A_out)
+                                     const T *restrict w, int64_t C, double keep, double spread, int64_t am,
+                                     double *A_out, double *Arest_out)
 {
-    double A = 0.0, dot = 0.0;
+    double A = 0.0, Ar = 0.0, dot = 0.0;
     for (int64_t k = 0; k < C; k++) {
         double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
         double a = t * (w != NULL ? (double)w[k] : 1.0);
-        /* +inf row: z - m is 0 on the +inf entries and -inf elsewhere */
-        double sh = m == __builtin_inf() ? (z[k] == (T)m ? 0.0 : -__builtin_inf()) : (double)z[k] - m;
         A += a;
-        dot += fl_mul0(a, sh);
+        Ar += k == am ? 0.0 : a;
+        dot += fl_target_term(a, (double)z[k], m);
     }
     *A_out = A;
+    *Arest_out = Ar;
     return dot;
 }
 
@@ -52,7 +54,7 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
     const int64_t C = c->C;
     const T *w = c->w;
     double keep = 1.0 - c->smoothing, spread = c->smoothing / (double)C;
-    double *eb = malloc(sizeof(double) * (size_t)C);
+    double *eb = malloc(sizeof(double) * (size_t)(c->op_mse ? C + 2 * ((C + 63) / 64) : C));  /* e; softmax_mse: + partials */
     for (int64_t r = r0; r < r1; r++) {
         const T *restrict z = (const T *)c->z + r * C;
         const T *restrict pr = c->probs != NULL ? (const T *)c->probs + r * C : NULL;
@@ -87,8 +89,6 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
         double s1 = FL_V(fl_exp_row)(z, m, am, C, eb);
         double S = 1.0 + s1;
         double q = s1 / S;  /* 1 - p_argmax, never formed as a difference */
-        double t_am = fl_target(pr != NULL ? (double)pr[am] : (am == y ? 1.0 : 0.0), keep, spread);
-        double w_am = w != NULL ? (double)w[am] : 1.0;
         double sc = c->scale;
 
         /* p = e / S; for float32 results one reciprocal (an extra rounding
@@ -96,14 +96,14 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
         double invS = 1.0 / S;
 #define FL_P(k) (sizeof(T) == 4 ? eb[k] * invS : eb[k] / S)
         if (!c->op_mse) {
-            double A, dot;
+            double A, Ar, dot;
             int plain = pr == NULL && spread == 0.0;  /* one-hot labels: one nonzero a */
             if (plain) {
-                double sh_y = m == __builtin_inf() ? (z[y] == (T)m ? 0.0 : -__builtin_inf()) : (double)z[y] - m;
                 A = w != NULL ? (double)w[y] : 1.0;
-                dot = fl_mul0(A, sh_y);
+                Ar = y == am ? 0.0 : A;
+                dot = fl_target_term(A, (double)z[y], m);
             } else {
-                dot = FL_V(fl_target_dot)(z, m, pr, y, w, C, keep, spread, &A);
+                dot = FL_V(fl_target_dot)(z, m, pr, y, w, C, keep, spread, am, &A, &Ar);
             }
             /* -sum a log p = A log S - sum a (z - m): both terms >= 0, so a
              * dominant label (p -> 1) loses nothing to cancellation */
@@ -121,34 +121,77 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
                     g[k] = (T)(sc * (FL_P(k) * A - a));
                 }
             }
-            /* argmax entry: p A - a = (A - a) - A q, exact when p rounds to 1 */
-            g[am] = (T)(sc * ((A - t_am * w_am) - A * q));
+            /* argmax entry: p A - a = A' - A q, exact when p rounds to 1 */
+            g[am] = (T)(sc * (Ar - A * q));
         } else {
-            /* d = p - t; at the argmax (1 - t) - q avoids rounding 1 - q */
-            double l = 0.0, d_rest = 0.0;
-            for (int64_t k = 0; k < C; k++) {
-                double p = eb[k] / S;
-                double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
-                double wd = (w != NULL ? (double)w[k] : 1.0) * (p - t);
-                l += k == am ? 0.0 : wd * (p - t);
-                d_rest += k == am ? 0.0 : wd * p;  /* D' = sum over all but the argmax */
+            /* With u = w (p - t), dl/dz_j = 2 p_j (u_j - sum_k p_k u_k); the
+             * bracket cancels to noise when most mass sits on classes tied
+             * with the max ([-40, 0, 0, 0]).  Split off T = {k: z_k == m}
+             * (e = 1, p = p_max), tau = |T|, and use sum p = 1:
+             *   u_j - sum p u = p_max (tau u_j - U_T) + (Q u_j - V),
+             * Q = sum_{not T} p, V = sum_{not T} p u (reference.py). */
+            /* One pass: tau, and Q and V as running sums over blocks of 64
+             * classes whose partials are summed pairwise (accurate on long
+             * rows, no row-sized buffer).  d on T depends on Q only when
+             * tau == 1, i.e. T = {am}: that entry is added after the pass. */
+            double *pb = eb + C;  /* Q partials, then V partials: <= C / 2 + 1 each */
+            double *vb = pb + (C + 63) / 64;
+            double tau = 0.0, l = 0.0, lT = 0.0, W_T = 0.0, WT_T = 0.0;
+            int64_t nblk = 0;
+            for (int64_t k0 = 0; k0 < C; k0 += 64) {
+                int64_t k1 = C - k0 > 64 ? k0 + 64 : C;
+                double qpart = 0.0, vpart = 0.0;
+                for (int64_t k = k0; k < k1; k++) {
+                    int in_t = (double)z[k] == m;
+                    double p = FL_P(k);
+                    double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
+                    double wk = w != NULL ? (double)w[k] : 1.0;
+                    double d = p - t;
+                    double u = wk * d;
+                    tau += in_t ? 1.0 : 0.0;
+                    qpart += in_t ? 0.0 : eb[k];
+                    l += in_t ? 0.0 : u * d;
+                    lT += in_t ? u * d : 0.0;
+                    vpart += in_t ? 0.0 : p * u;
+                    W_T += in_t ? wk : 0.0;
+                    WT_T += in_t ? wk * t : 0.0;
+                }
+                pb[nblk] = qpart;
+                vb[nblk++] = vpart;
             }
-            double p_am = 1.0 / S;
-            double d_am = (1.0 - t_am) - q;
-            double wd_am = w_am * d_am;
-            l += wd_am * d_am;
+            double p_max = 1.0 / S;
+            double Q = fl_pairwise_inplace(pb, nblk) / S;  /* 1 - tau p_max, never a difference */
+            int single = tau == 1.0;
+            if (single) {
+                /* tau == 1: p_max - t = (1 - t) - Q, exact when p_max rounds to 1 */
+                double t = fl_target(pr != NULL ? (double)pr[am] : (am == y ? 1.0 : 0.0), keep, spread);
+                double d = (1.0 - t) - Q;
+                double u = (w != NULL ? (double)w[am] : 1.0) * d;
+                lT = u * d;
+            }
+            l += lT;
             c->loss[r] = l;
             if (g == NULL)
                 continue;
-            double D = d_rest + wd_am * p_am;
+            double V = fl_pairwise_inplace(vb, nblk);  /* u_j - sum p u cancels: an accurate sum */
+            /* U_T = p_max W_T - WT_T cancels when a tied class is the label;
+             * with tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau */
+            double w_bar = W_T / tau;
+            double U_T = (w_bar - WT_T) - Q * w_bar;
             for (int64_t k = 0; k < C; k++) {
+                int in_t = (double)z[k] == m;
                 double p = FL_P(k);
                 double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
-                double wd = (w != NULL ? (double)w[k] : 1.0) * (p - t);
-                g[k] = (T)(sc * (2.0 * p * (wd - D)));
+                double wk = w != NULL ? (double)w[k] : 1.0;
+                double d = in_t && single ? (1.0 - t) - Q : p - t;
+                double u = wk * d;
+                double tw = tau * wk;
+                /* tied j: p_max (tau w_j - W_T) - (tau w_j t_j - WT_T), whose
+                 * differences are exact for unweighted rows */
+                double Aj = in_t ? p_max * (tw - W_T) - (tw * t - WT_T) : tau * u - U_T;
+                double G = p_max * Aj + (Q * u - V);
+                g[k] = (T)((2.0 * p * G) * sc);
             }
-            /* argmax entry: w d - D = w d q - D' (no cancellation) */
-            g[am] = (T)(sc * (2.0 * p_am * (wd_am * q - d_rest)));
         }
     }
     free(eb);

@@ -218,3 +218,66 @@ def test_softmax_shapes(shape, dtype):
         lsc, gsc = _softmax_scales(op, z, labels, None, None, 0.0, 1.0)
         assert_close(res[1][1], res[0][1], lsc, dtype, f"{op} loss")
         assert_close(res[1][0], res[0][0], gsc, dtype, f"{op} grad")
+
+
+def _half_tanh_ld(z):
+    """sigmoid(z) - 1/2 = tanh(z/2)/2 in long double (64-bit significand on x86)."""
+    return np.tanh(z.astype(np.longdouble) / 2) / 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_small_z_half_tanh_dense_sweep(dtype):
+    """sigmoid(z) - 1/2 for |z| < 1 (expm1 from the exp reduction) to a few ulp.
+
+    With y = 1/2, sigmoid_mse's residual is h itself (loss h^2) and
+    sigmoid_bce's gradient is h: both would be 0 if h came from sigmoid(z)
+    rounded to 1/2, and both are checked against long double.
+    """
+    fi = np.finfo(dtype)
+    mag = np.concatenate([np.linspace(0, 1, 200001)[1:-1], np.geomspace(float(fi.smallest_subnormal), 1, 20001)[:-1]])
+    z = np.concatenate([mag, -mag, [0.0, -0.0, np.nextafter(1.0, 0)]]).astype(dtype)
+    y = np.full_like(z, 0.5)
+    h = _half_tanh_ld(z)
+    g, l = np.empty_like(z), np.empty_like(z)
+    c.elementwise("sigmoid_bce", z, y, None, None, g, l, 1.0)
+    c.elementwise("sigmoid_mse", z, y, None, None, None, l, 1.0)
+    ulp = np.spacing(np.abs(h).astype(dtype)).astype(np.longdouble)
+    tiny = np.abs(h) < fi.tiny  # subnormal h: absolute error of one subnormal step
+    err_g = np.abs(g.astype(np.longdouble) - h) / np.where(tiny, float(fi.smallest_subnormal), ulp)
+    assert float(err_g.max()) <= (4 if dtype == np.float64 else 1), z[np.argmax(err_g)]
+    # loss = h^2 rounded once: compare relative to h^2 where that is normal
+    h2 = h * h
+    ok = h2 >= fi.tiny
+    rel = np.abs(l.astype(np.longdouble)[ok] - h2[ok]) / h2[ok]
+    assert float(rel.max()) <= (7 if dtype == np.float64 else 1) * float(fi.eps), z[ok][np.argmax(rel)]
+    assert np.all(l[np.abs(z) > 0][:10] > 0)  # never an exact 0 at y = 1/2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_weighted_mse_weight_goes_first(dtype):
+    """w (z - y) before squaring: a tiny weight keeps huge residuals finite."""
+    big = np.finfo(dtype).max / 2
+    z = np.array([big, -big, 3.0, np.inf], dtype)
+    y = np.array([-big, big, 1.0, 0.0], dtype)
+    w = np.array([1e-300 if dtype == np.float64 else 1e-37, 1e-300 if dtype == np.float64 else 1e-37, 2.0, 0.0], dtype)
+    g, l = np.empty_like(z), np.empty_like(z)
+    c.elementwise("mse", z, y, w, None, g, l, 0.5)
+    np.testing.assert_allclose(g[:3], [w[0] * 2 * big, -w[0] * 2 * big, 4.0], rtol=4 * np.finfo(dtype).eps)
+    assert g[3] == 0 and l[3] == 0  # zero weight masks the infinite residual
+    assert l[2] == 8.0 and np.isinf(l[0])  # (w d) d: the true loss overflows, the gradient does not
+
+
+def test_softmax_mse_tied_rows_and_ce_argmax_sum():
+    """Rows tied with the max keep tiny gradients; CE's argmax entry sums the other classes."""
+    z = np.array([[-40.0, 0.0, 0.0, 0.0], [0.0, 0.0, -40.0, -40.0]])
+    labels = np.array([0, 1])
+    for op in ref.SOFTMAX_OPS:
+        out = []
+        for mod in (ref, c):
+            g, l = np.empty_like(z), np.empty(2)
+            mod.softmax_rows(op, z, labels, None, None, -100, 0.1 if op == "softmax_cross_entropy" else 0.0,
+                             g, l, 1.0)
+            out.append((g, l))
+        np.testing.assert_allclose(out[1][0], out[0][0], rtol=16 * 2.0**-52, atol=0)
+        np.testing.assert_allclose(out[1][1], out[0][1], rtol=16 * 2.0**-52, atol=0)
+        assert np.all(out[1][0][:, :1] != 0)
