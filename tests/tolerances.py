@@ -70,12 +70,13 @@ def _worst(mask, score, actual, expected, extra=None, k=5):
     return "\n".join(lines)
 
 
-def assert_close(actual, expected, dtype, *, what="", rtol=None, atol=None):
+def assert_close(actual, expected, dtype, *, what="", rtol=None, atol=None, scale=None):
     """Assert elementwise agreement within :data:`TOL` for ``dtype``.
 
     NaN must match NaN and infinities must match exactly (same sign); finite
-    values need ``|a - e| <= atol * max|e| + rtol * |e|``.  The message lists
-    the worst elements, NaN/inf mismatches first.
+    values need ``|a - e| <= atol * scale + rtol * |e|`` with ``scale`` the
+    size of the terms the results are formed from (default ``max|e|``).  The
+    message lists the worst elements, NaN/inf mismatches first.
     """
     dtype = np.dtype(dtype)
     tol = TOL[dtype]
@@ -86,7 +87,8 @@ def assert_close(actual, expected, dtype, *, what="", rtol=None, atol=None):
     assert a.shape == e.shape, f"{what}: shape {a.shape} != expected {e.shape}"
     a2, e2 = np.atleast_1d(a), np.atleast_1d(e)
     fin = np.isfinite(e2)
-    scale = float(np.max(np.abs(e2[fin]))) if fin.any() else 0.0
+    if scale is None:
+        scale = float(np.max(np.abs(e2[fin]))) if fin.any() else 0.0
     with np.errstate(invalid="ignore", over="ignore"):
         bound = atol * scale + rtol * np.abs(e2)
         err = np.abs(a2 - e2)
