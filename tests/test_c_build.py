@@ -27,7 +27,13 @@ def _build(tree, **env):
 
 
 def _c_status(tree):
-    code = ("import fastloss, fastloss._backends as b\n"
+    # an editable install (pip install -e, as CI does) puts a finder on
+    # sys.meta_path that maps 'fastloss' to the checkout, ahead of PYTHONPATH:
+    # drop it so the copy in `tree` is the one imported (asserted below)
+    code = ("import sys\n"
+            "sys.meta_path[:] = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')]\n"
+            "import fastloss, fastloss._backends as b\n"
+            f"assert fastloss.__file__.startswith({str(tree)!r}), fastloss.__file__\n"
             "print('c' in fastloss.available_backends())\n"
             "try:\n    b.load('c')\nexcept b.BackendUnavailable as e:\n    print(e)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, timeout=120,
