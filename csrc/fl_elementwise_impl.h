@@ -1,26 +1,9 @@
 /* Instantiated by fl_elementwise.c for T = float (SFX f32) and double (f64). */
 #define FL_N(name) FL_CAT(name, SFX)
 
-#define VAR base
-#define FL_ATTR
-#include "fl_elementwise_kern.h"
-#undef VAR
-#undef FL_ATTR
-#ifdef FL_MULTI_ISA
-#define VAR v3
-#define FL_ATTR FL_ATTR_V3
-#include "fl_elementwise_kern.h"
-#undef VAR
-#undef FL_ATTR
-#define VAR v4
-#define FL_ATTR FL_ATTR_V4
-#include "fl_elementwise_kern.h"
-#undef VAR
-#undef FL_ATTR
-#define FL_PICK(name) (fl_isa() >= 4 ? FL_CAT(name, v4) : fl_isa() >= 3 ? FL_CAT(name, v3) : FL_CAT(name, base))
-#else
-#define FL_PICK(name) FL_CAT(name, base)
-#endif
+#define FL_KERN_FILE "fl_elementwise_kern.h"
+#include "fl_variants.h"
+#undef FL_KERN_FILE
 
 static double FL_N(fl_call)(fl_range_fn range, const T *z, const T *y, const T *w, int64_t P,
                             const T *pw, int64_t Ppw, T *grad, T *loss, int64_t n, double scale)

@@ -1,26 +1,9 @@
 /* Instantiated by fl_softmax.c for T = float (SFX f32) and double (f64). */
 #define FL_N(name) FL_CAT(name, SFX)
 
-#define VAR base
-#define FL_ATTR
-#include "fl_softmax_kern.h"
-#undef VAR
-#undef FL_ATTR
-#ifdef FL_MULTI_ISA
-#define VAR v3
-#define FL_ATTR FL_ATTR_V3
-#include "fl_softmax_kern.h"
-#undef VAR
-#undef FL_ATTR
-#define VAR v4
-#define FL_ATTR FL_ATTR_V4
-#include "fl_softmax_kern.h"
-#undef VAR
-#undef FL_ATTR
-#define FL_PICK(name) (fl_isa() >= 4 ? FL_CAT(name, v4) : fl_isa() >= 3 ? FL_CAT(name, v3) : FL_CAT(name, base))
-#else
-#define FL_PICK(name) FL_CAT(name, base)
-#endif
+#define FL_KERN_FILE "fl_softmax_kern.h"
+#include "fl_variants.h"
+#undef FL_KERN_FILE
 
 static void FL_N(fl_softmax)(fl_sm_ctx *c)
 {
