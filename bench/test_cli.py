@@ -42,7 +42,9 @@ def test_results_cover_every_requested_case(bench_run):
     recs = data["throughput"]
     assert {r["op"] for r in recs} == {"sigmoid_bce", "softmax_cross_entropy"}
     assert {r["impl"] for r in recs} >= {"fastloss:numpy", "numpy"}
-    assert {r["mode"] for r in recs} == {"fused", "forward"}
+    assert {r["mode"] for r in recs} == {"fused", "fused_out", "forward"}
+    out_impls = {r["impl"] for r in recs if r["mode"] == "fused_out"}
+    assert "fastloss:numpy" in out_impls and all(i.startswith("fastloss:") for i in out_impls)  # out= is ours
     for r in recs:
         assert "error" not in r, r
         assert r["gbs"] == pytest.approx(r["bytes"] / r["seconds"] / 1e9)
@@ -50,10 +52,14 @@ def test_results_cover_every_requested_case(bench_run):
     # one ratio per fastloss record and peer, peer time over fastloss time
     sec = {(r["impl"], r["op"], tuple(r["shape"]), r["mode"]): r["seconds"] for r in recs}
     n_fastloss = len({r["impl"] for r in recs if r["impl"].startswith("fastloss:")})
-    assert len(data["ratios"]) == n_fastloss * len([r for r in recs if r["impl"] == "numpy"])
+    # (fused_out, out= being ours only, is compared with the peer's fused call)
+    n_numpy = len([r for r in recs if r["impl"] == "numpy"])
+    n_numpy_fused = len([r for r in recs if r["impl"] == "numpy" and r["mode"] == "fused"])
+    assert len(data["ratios"]) == n_fastloss * (n_numpy + n_numpy_fused)
     for q in data["ratios"]:
         case = (q["op"], tuple(q["shape"]), q["mode"])
-        assert q["ratio"] == pytest.approx(sec[(q["peer"], *case)] / sec[(q["impl"], *case)])
+        peer_case = (q["op"], tuple(q["shape"]), "fused" if q["mode"] == "fused_out" else q["mode"])
+        assert q["ratio"] == pytest.approx(sec[(q["peer"], *peer_case)] / sec[(q["impl"], *case)])
 
 
 def test_experiment_numbers_show_the_classic_effects(bench_run):

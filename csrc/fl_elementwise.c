@@ -36,7 +36,10 @@ FL_INLINE void fl_el_sigmoid_mse(double z, double y, double w, double pw, double
 {
     (void)pw;
     double s, sn, e, big, h;
-    fl_sigmoid_pair(z, lp, &s, &sn, &e, &big, &h);
+    if (lp)  /* float32 data (z is a float's exact value) */
+        fl_sigmoid_pair_f32((float)z, &s, &sn, &e, &big, &h);
+    else
+        fl_sigmoid_pair(z, 0, &s, &sn, &e, &big, &h);
     /* s - y as (1 - y) - sigmoid(-z) for z >= 0: exact (1 - y) keeps every
      * digit of sigmoid(-z) at y = 1; near z = 0, (s - 1/2) + (1/2 - y) keeps
      * the digits of y = 1/2 (s rounds to 1/2 there) */
@@ -51,9 +54,14 @@ FL_INLINE void fl_el_sigmoid_mse(double z, double y, double w, double pw, double
 FL_INLINE void fl_el_sigmoid_bce(double z, double y, double w, double pw, double c, int lp, double *l,
                                  double *g)
 {
-    double s, sn, e, big, h;
-    fl_sigmoid_pair(z, lp, &s, &sn, &e, &big, &h);
-    double L = fl_log1p_small(e, big, lp);  /* shared tail of softplus(z), softplus(-z) */
+    double s, sn, e, big, h, L;  /* L: log1p(e), the shared tail of softplus(+-z) */
+    if (lp) {  /* float32 data (z is a float's exact value) */
+        fl_sigmoid_pair_f32((float)z, &s, &sn, &e, &big, &h);
+        L = fl_log1p_small_f32(e);
+    } else {
+        fl_sigmoid_pair(z, 0, &s, &sn, &e, &big, &h);
+        L = fl_log1p_small(e, big, 0);
+    }
     double a = pw * y, b = 1.0 - y;
     double sp_pos = (z > 0 ? z : 0.0) + L, sp_neg = (z < 0 ? -z : 0.0) + L;
     /* a softplus(-z) + b softplus(z): both terms >= 0, no cancellation */

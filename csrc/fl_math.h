@@ -215,6 +215,84 @@ FL_INLINE void fl_sigmoid_pair(double z, int lp, double *s, double *sn, double *
     *h_out = z < 0 ? -th : th;
 }
 
+/* ---- float32 inputs: float32 polynomials (twice the vector width), the
+ * rest in double so the result is rounded once (mirrors the numba backend's
+ * _math.exp_em1_f32 / sigmoid_parts_f32 / log1p01_f32). ---- */
+
+/* exp(x) and expm1(x) for float x <= 0 as double *values*: the float
+ * mantissa times an exact double 2^k, so results below float's normal range
+ * keep 24 bits.  < 1 float ulp; *em1 only for -1 <= x <= 0.  Clamped at -200:
+ * exp(-200) times the largest float weight still rounds to 0 in float. */
+FL_INLINE double fl_exp_nonpos_m1_f32(float x, double *em1)
+{
+    const float shifter = 0x1.8p23f;
+    float xc = x < -200.0f ? -200.0f : x;  /* NaN fails the test and passes */
+    float kf = (xc * 0x1.715476p0f + shifter) - shifter;
+    /* reduction and leading term r in double, only the correction r^2 P(r)
+     * (<= 0.17 of the result) in float: expm1 within 1 float ulp */
+    double kd = (double)kf;
+    double r = ((double)xc - kd * 0x1.62e42fefa3800p-1) - kd * 0x1.ef35793c7673p-45;  /* |r| <= 0.347 */
+    float rf = (float)r;
+    float p = 1.0f / 5040.0f;  /* Taylor degree 7: truncation < 0.1 float ulp */
+    p = p * rf + 1.0f / 720.0f;
+    p = p * rf + 1.0f / 120.0f;
+    p = p * rf + 1.0f / 24.0f;
+    p = p * rf + 1.0f / 6.0f;
+    p = p * rf + 0.5f;
+    double pm = (double)((p * rf) * rf) + r;  /* expm1(r) */
+    int64_t k = kf == kf ? (int64_t)kf : 0;  /* NaN: any k (pm is NaN) */
+    double sc = fl_from_bits((uint64_t)(k + 1023) << 52);
+    *em1 = sc * pm + (sc - 1.0);
+    double e = (pm + 1.0) * sc;
+    return xc == -200.0f ? 0.0 : e;  /* exp(-inf) = 0 exactly */
+}
+
+/* log1p(u) for float u in [0, 1] (or NaN) in float arithmetic, ~1 ulp:
+ * u >= 1/2 goes through ln2 + log1p((u - 1)/2) (exact, Sterbenz), then the
+ * atanh series in t = 2v/(2+v), 5 terms for |t| <= 0.29. */
+FL_INLINE float fl_log1p01_f32(float u)
+{
+    int hi = u >= 0.5f;
+    float v = hi ? u * 0.5f - 0.5f : u;
+    float t = v / (1.0f + 0.5f * v);
+    float s2 = 0.25f * t * t;
+    float q = 1.0f / 11.0f;
+    q = q * s2 + 1.0f / 9.0f;
+    q = q * s2 + 1.0f / 7.0f;
+    q = q * s2 + 1.0f / 5.0f;
+    q = q * s2 + 1.0f / 3.0f;
+    float y = t + t * (s2 * q);
+    return hi ? 0.693359375f + (y + -2.12194440e-4f) : y;
+}
+
+/* fl_sigmoid_pair for a float z: exp and the division in float, then
+ * 1/(1+e) refined by one double Newton step (error squared, ~1e-14) so only
+ * e's own float rounding reaches the results; no double division. */
+FL_INLINE void fl_sigmoid_pair_f32(float z, double *s, double *sn, double *e_out, double *big_out,
+                                   double *h_out)
+{
+    float az = z < 0 ? -z : z;
+    double em1;
+    double e = fl_exp_nonpos_m1_f32(-az, &em1);
+    double b0 = (double)(1.0f / (1.0f + (float)e));
+    double big = b0 * (2.0 - (1.0 + e) * b0);  /* 1 + e exact in double */
+    double small = e * big;
+    int pos = z >= 0;
+    *s = pos ? big : small;
+    *sn = pos ? small : big;
+    *e_out = e;
+    *big_out = big;
+    double th = 0.5 * (-em1 * big);
+    *h_out = z < 0 ? -th : th;
+}
+
+/* log1p(e) for e = exp(-|z|) of a float z (a double value, see above):
+ * below 2^-25, log1p(e) = e (1 - e/2) is e within half a float ulp. */
+FL_INLINE double fl_log1p_small_f32(double e)
+{
+    return e < 0x1p-25 ? e : (double)fl_log1p01_f32((float)e);
+}
+
 /* log1p(e) for e = exp(-|z|) in [0, 1], given big = 1/(1+e): the rounding
  * correction of 1+e reuses big instead of a second division.  softplus(z)
  * = max(z, 0) + this. */

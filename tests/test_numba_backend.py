@@ -271,10 +271,16 @@ def test_reduced_loss_bitwise_identical_across_thread_counts():
     from fastloss._numba import _elementwise as E
 
     e = np.empty(0, np.float32)
-    serial, parallel = E.KERNELS["sigmoid_bce"]
+    serial, parallel = E.KERNELS["sigmoid_bce"][False]
     part = np.empty(-(-n // E.CHUNK))
     parallel(z, y, e, e, e, e, 1.0, part)
     assert serial(z, y, e, e, e, e, 1.0, part.size) == totals[0]  # serial path, same bits
+    # the specialised no-weights/gradient kernels: same bits serial and parallel
+    serial, parallel = E.KERNELS["sigmoid_bce"][True]
+    g1, g2 = np.empty_like(z), np.empty_like(z)
+    parallel(z, y, e, e, g1, e, 1.0, part)
+    assert serial(z, y, e, e, g2, e, 1.0, part.size) == sum(part.tolist())
+    np.testing.assert_array_equal(g1, g2)
 
 
 def test_concurrent_python_threads():

@@ -78,7 +78,7 @@ def test_cache_is_keyed_on_all_package_sources():
     """Kernels' cache stamp covers _math.py too (numba alone keys on one file)."""
     from fastloss._numba import _elementwise, _jit
 
-    kern = _elementwise.KERNELS["mse"][0]
+    kern = _elementwise.KERNELS["mse"][False][0]
     cache = getattr(kern, "_cache", None)
     locator = getattr(getattr(cache, "_impl", None), "_locator", None)
     if locator is None:

@@ -32,9 +32,14 @@ class Fastloss:
         self.backend = backend
         self.name = f"fastloss:{backend}"
 
-    def prepare(self, op, z, y, grad=True):
+    supports_out = True
+
+    def prepare(self, op, z, y, grad=True, out=False):
         f = registry.LOSSES[op].func
         b = self.backend
+        if grad and out:  # gradient into one reused buffer (warm pages)
+            g = np.empty_like(z)
+            return lambda: f(z, y, return_grad=True, backend=b, out=g)
         if grad:
             return lambda: f(z, y, return_grad=True, backend=b)
         return lambda: f(z, y, backend=b)

@@ -66,12 +66,18 @@ def throughput_tables(records, peak_gbs=None):
     peers = sorted({r["impl"] for r in ok if not r["impl"].startswith("fastloss:")})
     backends = sorted({r["impl"] for r in ok if r["impl"].startswith("fastloss:")})
     blocks = []
-    for mode in ("fused", "forward"):
+    for mode in ("fused", "fused_out", "forward"):
         for dt in sorted({r["dtype"] for r in ok}):
             cases = {}
             for r in ok:
                 if r["mode"] == mode and r["dtype"] == dt:
                     cases.setdefault((r["op"], tuple(r["shape"])), {})[r["impl"]] = r
+            if mode == "fused_out":  # peers have no out=: their fused call is the comparison
+                for r in ok:
+                    key = (r["op"], tuple(r["shape"]))
+                    if (r["mode"] == "fused" and r["dtype"] == dt and key in cases
+                            and not r["impl"].startswith("fastloss:")):
+                        cases[key].setdefault(r["impl"], r)
             if not cases:
                 continue
             rows = []
@@ -85,7 +91,10 @@ def throughput_tables(records, peak_gbs=None):
                        f"{best['gbs']:.2f}", frac]
                 row += [_fmt_ratio(by[p]["seconds"] / best["seconds"] if p in by else None) for p in peers]
                 rows.append(row)
-            title = "fused forward+backward" if mode == "fused" else "forward only"
+            title = {"fused": "fused forward+backward, fresh gradient array",
+                     "fused_out": "fused forward+backward, gradient into a reused out= buffer "
+                                  "(peers: their fused call)",
+                     "forward": "forward only"}[mode]
             head = ["op", "shape", "best backend", "µs", "GB/s", "% STREAM"] + [f"vs {p}" for p in peers]
             blocks.append(f"**{title}, {dt}** (ratio = peer time / fastloss time; > 1: fastloss faster)\n\n"
                           + _table(head, rows))

@@ -22,7 +22,11 @@ SIZES = {
     "full": {"elementwise": [(1 << k,) for k in range(10, 25, 2)],
              "softmax": [(65536, 10), (16384, 1000), (2048, 32000), (256, 128256)]},
 }
-MODES = ("fused", "forward")
+#: fused: loss + a fresh gradient array (the drop-in call); fused_out: the
+#: gradient written into a caller's reused ``out=`` buffer (fastloss only: no
+#: page faults on fresh memory, which cost 30-90% at DRAM sizes); forward:
+#: loss only.
+MODES = ("fused", "fused_out", "forward")
 
 
 def shapes_for(op, size_set):
@@ -33,7 +37,8 @@ def plan(impls, ops, dtypes, size_set, modes=MODES):
     """The list of (impl, op, dtype, shape, mode) tasks, in run order."""
     return [(impl, op, dt, shape, mode)
             for op in ops for dt in dtypes for shape in shapes_for(op, size_set)
-            for mode in modes for impl in impls]
+            for mode in modes for impl in impls
+            if mode != "fused_out" or getattr(impl, "supports_out", False)]
 
 
 def measure(impl, op, dtype, shape, mode, *, peak_gbs=None, min_time=0.05, repeats=5, inputs=None):
@@ -41,12 +46,12 @@ def measure(impl, op, dtype, shape, mode, *, peak_gbs=None, min_time=0.05, repea
     spec = registry.LOSSES[op]
     dt = np.dtype(dtype)
     z, y = inputs if inputs is not None else spec.make_inputs(shape, dt)
-    grad = mode == "fused"
+    grad = mode != "forward"
     nbytes = spec.bytes_moved(shape, dt, grad=grad)
     rec = {"impl": impl.name, "op": op, "dtype": dt.name, "shape": list(shape), "n": int(np.prod(shape)),
            "mode": mode, "bytes": int(nbytes)}
     try:
-        fn = impl.prepare(op, z, y, grad=grad)
+        fn = impl.prepare(op, z, y, grad=grad, **({"out": True} if mode == "fused_out" else {}))
         first = timing.first_call(fn)
         sec = timing.time_call(fn, min_time=min_time, repeats=repeats)
     except Exception as exc:  # a peer that cannot run this case is reported, not fatal
@@ -84,6 +89,11 @@ def ratios(records, baseline_prefix="fastloss:"):
     for r in records:
         if "seconds" in r:
             by_case.setdefault((r["op"], r["dtype"], tuple(r["shape"]), r["mode"]), {})[r["impl"]] = r["seconds"]
+    for (op, dt, shape, mode), times in by_case.items():
+        if mode == "fused_out":  # peers have no out=: compared with their fused call
+            for impl, t in by_case.get((op, dt, shape, "fused"), {}).items():
+                if not impl.startswith(baseline_prefix):
+                    times.setdefault(impl, t)
     out = []
     for (op, dt, shape, mode), times in by_case.items():
         for impl, t in times.items():

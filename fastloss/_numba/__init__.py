@@ -66,7 +66,8 @@ def elementwise(op, z, y, w, pw, grad, loss, scale):
     e = _e1(z.dtype)
     n = z.size
     nchunks = -(-n // _ew.CHUNK)
-    serial, parallel = _ew.KERNELS[op]
+    plain = w is None and pw is None and grad is not None and loss is None
+    serial, parallel = _ew.KERNELS[op][plain]
     w = e if w is None else w
     pw = e if pw is None else pw
     grad = e if grad is None else grad

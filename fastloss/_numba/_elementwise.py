@@ -2,10 +2,14 @@
 
 Layout: the input is cut into fixed chunks of :data:`CHUNK` elements (the
 unit of parallel work) and each chunk into blocks of :data:`BLOCK` (the unit
-held in L1).  A block's per-element losses go to a small float64 buffer and
-are summed in a fixed order; chunk sums are added in chunk order.  The
-reduced loss is therefore bitwise identical for any thread count and on the
-serial and parallel paths (``tests/test_numba_determinism.py``).
+held in L1).  A chunk's per-element losses are summed in float64 in an order
+fixed by the compiled loop (vector partial sums); chunk sums are added in
+chunk order.  The reduced loss is therefore bitwise identical for any thread
+count and on the serial and parallel paths (``tests/test_numba_backend.py``).
+
+float32 inputs take float32 exp/log1p and a float32 division refined in
+float64 (:func:`._math.sigmoid_parts_f32`): twice the vector width where the
+time goes, one float64 rounding at the end.
 """
 from __future__ import annotations
 
@@ -13,11 +17,13 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_inline, kernel, parallel_kernel
-from ._math import SMALL_Z, is_f32, log1p01, mul0, sigmoid_parts
+from ._math import (SMALL_Z, add_reassoc, is_f32, log1p01, log1p01_f32, mul0, sigmoid_parts,
+                    sigmoid_parts_f32)
 
 BLOCK = 1024
 CHUNK = 64 * BLOCK
 MSE, SIGMOID_MSE, SIGMOID_BCE = 0, 1, 2
+_TINY_E = 2.0 ** -25
 
 
 @jit
@@ -32,50 +38,33 @@ def _fill_periodic(buf, a, i0, nb):
             j = 0
 
 
-@jit
-def _block_sum(buf, nb):
-    """Sum ``buf[:nb]`` with 8 interleaved accumulators (fixed order, fast)."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    t = 0
-    while t + 8 <= nb:
-        a0 += buf[t]
-        a1 += buf[t + 1]
-        a2 += buf[t + 2]
-        a3 += buf[t + 3]
-        a4 += buf[t + 4]
-        a5 += buf[t + 5]
-        a6 += buf[t + 6]
-        a7 += buf[t + 7]
-        t += 8
-    while t < nb:
-        a0 += buf[t]
-        t += 1
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-
-
 @jit_inline
-def _chunk(op, z, y, w, pw, grad, loss, scale, c):
-    """Process chunk ``c``; return its float64 loss sum."""
+def _chunk(op, plain, z, y, w, pw, grad, loss, scale, c):
+    """Process chunk ``c``; return its float64 loss sum.
+
+    ``plain`` (a constant) is the common call -- no weights, gradient out, no
+    per-element losses: with those known at compile time the loop carries no
+    weight loads, masks or conditional stores (~40% faster for sigmoid ops).
+    """
     n = z.size
     i_lo = c * CHUNK
     i_hi = min(n, i_lo + CHUNK)
-    lb = np.empty(BLOCK)  # per-element losses of one block (float64)
     # Block weights in z's dtype: the loop reads src[off + t] from one
     # array either way, with no conditional load to block vectorising.
     wb = np.ones(BLOCK, z.dtype)  # 1.0 multiplies exactly
     pb = np.ones(BLOCK, z.dtype)
-    full_w = w.size == n
-    full_pw = pw.size == n
-    has_g = grad.size > 0
-    has_l = loss.size > 0
+    full_w = False if plain else w.size == n
+    full_pw = False if plain else pw.size == n
+    has_g = True if plain else grad.size > 0
+    has_l = False if plain else loss.size > 0
     c2 = 2.0 * scale  # MSE factor 2 folded into the scale
-    f32 = is_f32(z)  # constant: shorter polynomials for float32 results
+    f32 = is_f32(z)  # constant: float32 transcendentals for float32 inputs
     acc = 0.0
     for b0 in range(i_lo, i_hi, BLOCK):
         nb = min(BLOCK, i_hi - b0)
-        if w.size > 0 and not full_w:
+        if not plain and w.size > 0 and not full_w:
             _fill_periodic(wb, w, b0, nb)
-        if pw.size > 0 and not full_pw:
+        if not plain and pw.size > 0 and not full_pw:
             _fill_periodic(pb, pw, b0, nb)
         # Block views indexed from 0: LLVM then sees consecutive addresses
         # (with i = b0 + t numba's negative-index wraparound forces gathers).
@@ -88,7 +77,7 @@ def _chunk(op, z, y, w, pw, grad, loss, scale, c):
         for t in range(nb):
             zi = np.float64(zb[t])
             yi = np.float64(yb[t])
-            wi = np.float64(wv[t])
+            wi = 1.0 if plain else np.float64(wv[t])
             if op == MSE:
                 d = zi - yi
                 # the weight goes in first (w d, then (w d) d and c (w d)): a
@@ -97,7 +86,7 @@ def _chunk(op, z, y, w, pw, grad, loss, scale, c):
                 li = mul0(wd, d)
                 gi = c2 * wd
             elif op == SIGMOID_MSE:
-                s, sn, e, h = sigmoid_parts(zi, f32)
+                s, sn, e, h = sigmoid_parts_f32(zb[t]) if f32 else sigmoid_parts(zi)
                 # z >= 0: (1 - y) is exact near y = 1 and keeps sigmoid(-z);
                 # |z| < 1: (s - 1/2) + (1/2 - y) keeps y = 1/2's digits (a select)
                 r = ((1.0 - yi) - sn) if zi >= 0 else (s - yi)
@@ -107,10 +96,13 @@ def _chunk(op, z, y, w, pw, grad, loss, scale, c):
                 big = s if zi >= 0 else sn  # 1 / (1 + e)
                 gi = mul0(wi, (c2 * r) * (e * (big * big)))
             else:
-                s, sn, e, h = sigmoid_parts(zi, f32)
-                ai = np.float64(pv[t]) * yi
+                s, sn, e, h = sigmoid_parts_f32(zb[t]) if f32 else sigmoid_parts(zi)
+                ai = yi if plain else np.float64(pv[t]) * yi
                 bi = 1.0 - yi
-                l1 = log1p01(e, f32)  # softplus(+-z) = max(+-z, 0) + log1p(exp(-|z|))
+                if f32:  # log1p(e) = e (1 - e/2): below 2**-25 e itself is < 1/2 float32 ulp off
+                    l1 = e if e < _TINY_E else np.float64(log1p01_f32(np.float32(e)))
+                else:
+                    l1 = log1p01(e)  # softplus(+-z) = max(+-z, 0) + log1p(exp(-|z|))
                 sp_neg = (-zi if zi < 0 else 0.0) + l1
                 sp_pos = (zi if zi > 0 else 0.0) + l1
                 li = mul0(wi, mul0(ai, sp_neg) + mul0(bi, sp_pos))  # terms >= 0: no cancel
@@ -118,67 +110,111 @@ def _chunk(op, z, y, w, pw, grad, loss, scale, c):
                 # (b - a)/2 + h (a + b) keeps y = 1/2's digits (a select)
                 gz = (0.5 * (bi - ai) + h * (ai + bi)) if abs(zi) < SMALL_Z else (bi * s - ai * sn)
                 gi = mul0(wi, scale * gz)
-            lb[t] = li
+            # One float64 sum per chunk; reassociation lets LLVM keep vector
+            # partial sums, in an order fixed at compile time, not by threads.
+            acc = add_reassoc(acc, li)
             if has_g:
                 gb[t] = gi  # z[i] was read above: grad may alias z
             if has_l:
                 lv[t] = li
-        acc += _block_sum(lb, nb)
     return acc
 
 
-# One kernel per op, each passing its op as a constant: after inlining the
-# op branches fold, and every kernel is a separate top-level function so
-# numba's on-disk cache keeps one entry per op (factory closures share a
-# qualified name and would collide in the cache index).
+# One kernel per (op, plain), each passing both as constants: after inlining
+# their branches fold, and every kernel is a separate top-level function so
+# numba's on-disk cache keeps one entry per kernel (factory closures share a
+# qualified name and would collide in the cache index).  Serial: all chunks
+# in order on the calling thread.  Parallel: chunks over numba's threads, the
+# same per-chunk sums, added in chunk order by the caller.
 @kernel
 def mse_serial(z, y, w, pw, grad, loss, scale, nchunks):
-    """All chunks in order on the calling thread; the chunk sums added in order."""
     total = 0.0
     for c in range(nchunks):
-        total += _chunk(MSE, z, y, w, pw, grad, loss, scale, c)
+        total += _chunk(MSE, False, z, y, w, pw, grad, loss, scale, c)
     return total
 
 
 @parallel_kernel
 def mse_parallel(z, y, w, pw, grad, loss, scale, partial):
-    """Chunks over numba's threads; the same per-chunk sums as serial."""
     for c in prange(partial.size):
-        partial[c] = _chunk(MSE, z, y, w, pw, grad, loss, scale, c)
+        partial[c] = _chunk(MSE, False, z, y, w, pw, grad, loss, scale, c)
+
+
+@kernel
+def mse_plain_serial(z, y, w, pw, grad, loss, scale, nchunks):
+    total = 0.0
+    for c in range(nchunks):
+        total += _chunk(MSE, True, z, y, w, pw, grad, loss, scale, c)
+    return total
+
+
+@parallel_kernel
+def mse_plain_parallel(z, y, w, pw, grad, loss, scale, partial):
+    for c in prange(partial.size):
+        partial[c] = _chunk(MSE, True, z, y, w, pw, grad, loss, scale, c)
 
 
 @kernel
 def sigmoid_mse_serial(z, y, w, pw, grad, loss, scale, nchunks):
-    """All chunks in order on the calling thread; the chunk sums added in order."""
     total = 0.0
     for c in range(nchunks):
-        total += _chunk(SIGMOID_MSE, z, y, w, pw, grad, loss, scale, c)
+        total += _chunk(SIGMOID_MSE, False, z, y, w, pw, grad, loss, scale, c)
     return total
 
 
 @parallel_kernel
 def sigmoid_mse_parallel(z, y, w, pw, grad, loss, scale, partial):
     for c in prange(partial.size):
-        partial[c] = _chunk(SIGMOID_MSE, z, y, w, pw, grad, loss, scale, c)
+        partial[c] = _chunk(SIGMOID_MSE, False, z, y, w, pw, grad, loss, scale, c)
+
+
+@kernel
+def sigmoid_mse_plain_serial(z, y, w, pw, grad, loss, scale, nchunks):
+    total = 0.0
+    for c in range(nchunks):
+        total += _chunk(SIGMOID_MSE, True, z, y, w, pw, grad, loss, scale, c)
+    return total
+
+
+@parallel_kernel
+def sigmoid_mse_plain_parallel(z, y, w, pw, grad, loss, scale, partial):
+    for c in prange(partial.size):
+        partial[c] = _chunk(SIGMOID_MSE, True, z, y, w, pw, grad, loss, scale, c)
 
 
 @kernel
 def sigmoid_bce_serial(z, y, w, pw, grad, loss, scale, nchunks):
-    """All chunks in order on the calling thread; the chunk sums added in order."""
     total = 0.0
     for c in range(nchunks):
-        total += _chunk(SIGMOID_BCE, z, y, w, pw, grad, loss, scale, c)
+        total += _chunk(SIGMOID_BCE, False, z, y, w, pw, grad, loss, scale, c)
     return total
 
 
 @parallel_kernel
 def sigmoid_bce_parallel(z, y, w, pw, grad, loss, scale, partial):
     for c in prange(partial.size):
-        partial[c] = _chunk(SIGMOID_BCE, z, y, w, pw, grad, loss, scale, c)
+        partial[c] = _chunk(SIGMOID_BCE, False, z, y, w, pw, grad, loss, scale, c)
 
 
+@kernel
+def sigmoid_bce_plain_serial(z, y, w, pw, grad, loss, scale, nchunks):
+    total = 0.0
+    for c in range(nchunks):
+        total += _chunk(SIGMOID_BCE, True, z, y, w, pw, grad, loss, scale, c)
+    return total
+
+
+@parallel_kernel
+def sigmoid_bce_plain_parallel(z, y, w, pw, grad, loss, scale, partial):
+    for c in prange(partial.size):
+        partial[c] = _chunk(SIGMOID_BCE, True, z, y, w, pw, grad, loss, scale, c)
+
+
+#: op -> ((serial, parallel) general, (serial, parallel) plain)
 KERNELS = {
-    "mse": (mse_serial, mse_parallel),
-    "sigmoid_mse": (sigmoid_mse_serial, sigmoid_mse_parallel),
-    "sigmoid_bce": (sigmoid_bce_serial, sigmoid_bce_parallel),
+    "mse": ((mse_serial, mse_parallel), (mse_plain_serial, mse_plain_parallel)),
+    "sigmoid_mse": ((sigmoid_mse_serial, sigmoid_mse_parallel),
+                    (sigmoid_mse_plain_serial, sigmoid_mse_plain_parallel)),
+    "sigmoid_bce": ((sigmoid_bce_serial, sigmoid_bce_parallel),
+                    (sigmoid_bce_plain_serial, sigmoid_bce_plain_parallel)),
 }

@@ -156,6 +156,94 @@ def sigmoid_parts(z, f32=False):
     return small, big, e, -th
 
 
+# ---------------------------------------------------------------------------
+# float32 inputs: the transcendental part in float32 (twice the vector width
+# of float64), everything after it in float64 so the result is rounded once.
+# ---------------------------------------------------------------------------
+_F1 = np.float32(1.0)
+_F32_LOG2E = np.float32(_LOG2E)
+_F32_LN2_HI = np.float32(0.693359375)  # ln 2 = _F32_LN2_HI + _F32_LN2_LO (log1p)
+_F32_LN2_LO = np.float32(-2.12194440e-4)
+_F32_ROUND = np.float32(12582912.0)  # 1.5 * 2**23: round to integer
+
+
+@jit_fma
+def exp_em1_f32(x):
+    """``(exp(x), expm1(x))`` for float32 ``x <= 0``: float32 polynomial, < 1 float32 ulp.
+
+    Both come back as float64 *values*: the float32 mantissa times 2**k in
+    float64, so results below float32's normal range keep 24 bits (a float32
+    subnormal would keep only a few, and weights multiply that error).
+    ``expm1`` only for ``|x| <= 1`` (k in {-1, 0}, as in :func:`exp_em1`).
+    exp(-inf) = 0, NaN passes.
+    """
+    # Clamp: exp(-200) * the largest float32 weight still rounds to 0 in
+    # float32 (2**-288 * 2**128); a NaN compares false and passes.
+    if x < -200.0:
+        x = np.float32(-200.0)
+    kf = (x * _F32_LOG2E + _F32_ROUND) - _F32_ROUND
+    # The reduction and the leading term r in float64 (exact enough), only
+    # the correction r^2 P(r) (<= 0.17 of the result) in float32: expm1 for
+    # |x| < 1 stays within 1 float32 ulp, as tanh(z/2)/2 needs.
+    kd = np.float64(kf)
+    r = (np.float64(x) - kd * _LN2_HI) - kd * _LN2_LO  # |r| <= 0.347
+    rf = np.float32(r)
+    # Taylor to degree 7: truncation 5e-9 relative, < 0.1 float32 ulp.
+    p = np.float32(1.0 / 5040.0)
+    p = p * rf + np.float32(1.0 / 720.0)
+    p = p * rf + np.float32(1.0 / 120.0)
+    p = p * rf + np.float32(1.0 / 24.0)
+    p = p * rf + np.float32(1.0 / 6.0)
+    p = p * rf + np.float32(0.5)
+    pm = np.float64((p * rf) * rf) + r  # expm1(r)
+    k = np.int64(kf) if kf == kf else np.int64(0)  # NaN: any k (pm is NaN)
+    sc = np.int64((k + 1023) << 52).view(np.float64)  # 2**k, exact in float64
+    e = (pm + 1.0) * sc
+    e = 0.0 if x == -200.0 else e  # exp(-inf) = 0 exactly
+    return e, sc * pm + (sc - 1.0)
+
+
+@jit_fma
+def log1p01_f32(u):
+    """``log1p(u)`` in float32 arithmetic for float32 ``u`` in [0, 1] (or NaN), ~1 ulp.
+
+    The float64 :func:`log1p01` with 5 series terms (|t| <= 0.29: truncation
+    1e-9 relative).
+    """
+    hi = u >= 0.5
+    v = (u * np.float32(0.5) - np.float32(0.5)) if hi else u
+    t = v / (_F1 + np.float32(0.5) * v)
+    s2 = np.float32(0.25) * t * t
+    q = np.float32(1.0 / 11.0)
+    q = q * s2 + np.float32(1.0 / 9.0)
+    q = q * s2 + np.float32(1.0 / 7.0)
+    q = q * s2 + np.float32(1.0 / 5.0)
+    q = q * s2 + np.float32(1.0 / 3.0)
+    y = t + t * (s2 * q)
+    if hi:
+        y = _F32_LN2_HI + (y + _F32_LN2_LO)
+    return y
+
+
+@jit_fma
+def sigmoid_parts_f32(z):
+    """:func:`sigmoid_parts` of a float32 ``z``, as float64 values, ~1 float32 ulp.
+
+    ``e`` keeps float32 precision below float32's range (:func:`exp_em1_f32`).
+    exp and the division run in float32; ``1/(1 + e)`` is then refined by one
+    float64 Newton step (relative error squared: ~1e-14), so only e's own
+    float32 rounding reaches the result, and no float64 division is needed.
+    """
+    e, em1 = exp_em1_f32(-abs(z))
+    b0 = np.float64(_F1 / (_F1 + np.float32(e)))
+    big = b0 * (2.0 - (1.0 + e) * b0)  # 1 + e is exact in float64
+    small = e * big
+    th = (-0.5 * em1) * big
+    if z >= 0:
+        return big, small, e, th
+    return small, big, e, -th
+
+
 @jit
 def mul0(c, v):
     """``c * v`` with ``0 * inf := 0``: a zero weight or target masks."""
