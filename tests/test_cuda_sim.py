@@ -21,7 +21,7 @@ def test_cuda_kernels_under_simulator():
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH", "")) if p)
     cmd = [sys.executable, "-m", "pytest", os.path.join(ROOT, "tests", "cuda_sim"), "-q",
            "-p", "no:cacheprovider", "--rootdir", ROOT]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
     # the GPU-only tests skip here; everything else must have run
