@@ -346,3 +346,28 @@ def test_softmax_mse_tied_rows_match_reference(dt):
             R.softmax_rows("softmax_mse", z, labels, None, w, -100, 0.0, g2, l2, 1.0)
             _close(g, g2, 0.0, dt, "grad")
             _close(l, l2, 0.0, dt, "loss")
+
+
+@pytest.mark.parametrize("op", ["sigmoid_mse", "sigmoid_bce"])
+def test_plain_float32_loss_above_float32_range(op):
+    """Plain float32 calls sum a block's losses from a float32 buffer; a loss
+    above float32's range (huge targets) must not turn a finite mean into inf:
+    that block is summed again in float64.  In place (out=z) takes the
+    general kernel and must agree."""
+    rng = np.random.default_rng(11)
+    n = 3 * 1024 + 5
+    z = rng.standard_normal(n).astype(np.float32)
+    y = rng.random(n).astype(np.float32)
+    y[[17, 2000]] = [1e20, -3e19]  # (s - y)^2 ~ 1e40 > float32 max
+    if op == "sigmoid_bce":  # y softplus(-z) ~ 1e39, (1 - y) softplus(z) ~ 1.5e39
+        z[[17, 2000]] = [-1e19, 5e19]
+    g, g2 = np.empty_like(z), np.empty_like(z)
+    tot = B.elementwise(op, z, y, None, None, g, None, 1.0 / n)
+    tot2 = R.elementwise(op, z, y, None, None, g2, None, 1.0 / n)
+    assert np.isfinite(tot) and tot > 1e30
+    _close(tot, tot2, 0.0, np.float32, "mean")
+    _close(g, g2, np.abs(g2), np.float32, "grad")
+    zz = z.copy()
+    tot3 = B.elementwise(op, zz, y, None, None, zz, None, 1.0 / n)  # gradient over z
+    assert tot3 == tot
+    np.testing.assert_array_equal(zz, g)

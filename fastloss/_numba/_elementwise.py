@@ -38,6 +38,68 @@ def _fill_periodic(buf, a, i0, nb):
             j = 0
 
 
+@jit
+def _block_sum32(buf, nb):
+    """Sum float32 ``buf[:nb]`` in float64, 8 interleaved accumulators (fixed order)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    t = 0
+    while t + 8 <= nb:
+        a0 += np.float64(buf[t])
+        a1 += np.float64(buf[t + 1])
+        a2 += np.float64(buf[t + 2])
+        a3 += np.float64(buf[t + 3])
+        a4 += np.float64(buf[t + 4])
+        a5 += np.float64(buf[t + 5])
+        a6 += np.float64(buf[t + 6])
+        a7 += np.float64(buf[t + 7])
+        t += 8
+    while t < nb:
+        a0 += np.float64(buf[t])
+        t += 1
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
+@jit_inline
+def _elem(op, plain, f32, zt, yt, wt, pt, scale, c2):
+    """One element's weighted loss and gradient (float64 values)."""
+    zi = np.float64(zt)
+    yi = np.float64(yt)
+    wi = 1.0 if plain else np.float64(wt)
+    if op == MSE:
+        d = zi - yi
+        # the weight goes in first (w d, then (w d) d and c (w d)): a
+        # small weight cannot let d*d or 2*d overflow ahead of it
+        wd = mul0(wi, d)
+        li = mul0(wd, d)
+        gi = c2 * wd
+    elif op == SIGMOID_MSE:
+        s, sn, e, h = sigmoid_parts_f32(zt) if f32 else sigmoid_parts(zi)
+        # z >= 0: (1 - y) is exact near y = 1 and keeps sigmoid(-z);
+        # |z| < 1: (s - 1/2) + (1/2 - y) keeps y = 1/2's digits (a select)
+        r = ((1.0 - yi) - sn) if zi >= 0 else (s - yi)
+        r = (h + (0.5 - yi)) if abs(zi) < SMALL_Z else r
+        li = mul0(wi, r * r)
+        # s (1 - s) = e / (1 + e)^2, multiplied last: no early underflow
+        big = s if zi >= 0 else sn  # 1 / (1 + e)
+        gi = mul0(wi, (c2 * r) * (e * (big * big)))
+    else:
+        s, sn, e, h = sigmoid_parts_f32(zt) if f32 else sigmoid_parts(zi)
+        ai = yi if plain else np.float64(pt) * yi
+        bi = 1.0 - yi
+        if f32:  # log1p(e) = e (1 - e/2): below 2**-25 e itself is < 1/2 float32 ulp off
+            l1 = e if e < _TINY_E else np.float64(log1p01_f32(np.float32(e)))
+        else:
+            l1 = log1p01(e)  # softplus(+-z) = max(+-z, 0) + log1p(exp(-|z|))
+        sp_neg = (-zi if zi < 0 else 0.0) + l1
+        sp_pos = (zi if zi > 0 else 0.0) + l1
+        li = mul0(wi, mul0(ai, sp_neg) + mul0(bi, sp_pos))  # terms >= 0: no cancel
+        # b s - a sn has exact limits at +-inf; near 0, with s = 1/2 + h,
+        # (b - a)/2 + h (a + b) keeps y = 1/2's digits (a select)
+        gz = (0.5 * (bi - ai) + h * (ai + bi)) if abs(zi) < SMALL_Z else (bi * s - ai * sn)
+        gi = mul0(wi, scale * gz)
+    return li, gi
+
+
 @jit_inline
 def _chunk(op, plain, z, y, w, pw, grad, loss, scale, c):
     """Process chunk ``c``; return its float64 loss sum.
@@ -59,6 +121,13 @@ def _chunk(op, plain, z, y, w, pw, grad, loss, scale, c):
     has_l = False if plain else loss.size > 0
     c2 = 2.0 * scale  # MSE factor 2 folded into the scale
     f32 = is_f32(z)  # constant: float32 transcendentals for float32 inputs
+    # Plain float32 sigmoid ops keep a block's losses in a float32 buffer: a
+    # float64 value carried in the loop (a store or a running sum) caps
+    # LLVM's vector width at 4 lanes (measured 25-30% slower).  A loss above
+    # float32's range makes the block sum inf: that block is summed again in
+    # float64 from z and y (plain calls never write the gradient over z).
+    buf32 = plain and f32 and op != MSE
+    lb = np.empty(BLOCK if buf32 else 0, np.float32)
     acc = 0.0
     for b0 in range(i_lo, i_hi, BLOCK):
         nb = min(BLOCK, i_hi - b0)
@@ -75,48 +144,25 @@ def _chunk(op, plain, z, y, w, pw, grad, loss, scale, c):
         gb = grad[b0:b0 + nb] if has_g else grad
         lv = loss[b0:b0 + nb] if has_l else loss
         for t in range(nb):
-            zi = np.float64(zb[t])
-            yi = np.float64(yb[t])
-            wi = 1.0 if plain else np.float64(wv[t])
-            if op == MSE:
-                d = zi - yi
-                # the weight goes in first (w d, then (w d) d and c (w d)): a
-                # small weight cannot let d*d or 2*d overflow ahead of it
-                wd = mul0(wi, d)
-                li = mul0(wd, d)
-                gi = c2 * wd
-            elif op == SIGMOID_MSE:
-                s, sn, e, h = sigmoid_parts_f32(zb[t]) if f32 else sigmoid_parts(zi)
-                # z >= 0: (1 - y) is exact near y = 1 and keeps sigmoid(-z);
-                # |z| < 1: (s - 1/2) + (1/2 - y) keeps y = 1/2's digits (a select)
-                r = ((1.0 - yi) - sn) if zi >= 0 else (s - yi)
-                r = (h + (0.5 - yi)) if abs(zi) < SMALL_Z else r
-                li = mul0(wi, r * r)
-                # s (1 - s) = e / (1 + e)^2, multiplied last: no early underflow
-                big = s if zi >= 0 else sn  # 1 / (1 + e)
-                gi = mul0(wi, (c2 * r) * (e * (big * big)))
-            else:
-                s, sn, e, h = sigmoid_parts_f32(zb[t]) if f32 else sigmoid_parts(zi)
-                ai = yi if plain else np.float64(pv[t]) * yi
-                bi = 1.0 - yi
-                if f32:  # log1p(e) = e (1 - e/2): below 2**-25 e itself is < 1/2 float32 ulp off
-                    l1 = e if e < _TINY_E else np.float64(log1p01_f32(np.float32(e)))
-                else:
-                    l1 = log1p01(e)  # softplus(+-z) = max(+-z, 0) + log1p(exp(-|z|))
-                sp_neg = (-zi if zi < 0 else 0.0) + l1
-                sp_pos = (zi if zi > 0 else 0.0) + l1
-                li = mul0(wi, mul0(ai, sp_neg) + mul0(bi, sp_pos))  # terms >= 0: no cancel
-                # b s - a sn has exact limits at +-inf; near 0, with s = 1/2 + h,
-                # (b - a)/2 + h (a + b) keeps y = 1/2's digits (a select)
-                gz = (0.5 * (bi - ai) + h * (ai + bi)) if abs(zi) < SMALL_Z else (bi * s - ai * sn)
-                gi = mul0(wi, scale * gz)
+            li, gi = _elem(op, plain, f32, zb[t], yb[t], 0.0 if plain else wv[t], 0.0 if plain else pv[t],
+                           scale, c2)
             # One float64 sum per chunk; reassociation lets LLVM keep vector
             # partial sums, in an order fixed at compile time, not by threads.
-            acc = add_reassoc(acc, li)
+            if buf32:
+                lb[t] = np.float32(li)
+            else:
+                acc = add_reassoc(acc, li)
             if has_g:
                 gb[t] = gi  # z[i] was read above: grad may alias z
             if has_l:
                 lv[t] = li
+        if buf32:
+            bs = _block_sum32(lb, nb)
+            if bs == np.inf:  # overflowed float32 (or a true inf): redo in float64
+                bs = 0.0
+                for t in range(nb):
+                    bs += _elem(op, plain, f32, zb[t], yb[t], 0.0, 0.0, scale, c2)[0]
+            acc += bs
     return acc
 
 
