@@ -371,3 +371,53 @@ def test_plain_float32_loss_above_float32_range(op):
     tot3 = B.elementwise(op, zz, y, None, None, zz, None, 1.0 / n)  # gradient over z
     assert tot3 == tot
     np.testing.assert_array_equal(zz, g)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+def test_short_row_cross_entropy_path(dt):
+    """Plain cross-entropy with C <= SMALL_C runs across rows; rows needing the
+    general treatment (NaN, +-inf, ignored, masked label) are redone per row.
+    Many blocks (parallel path), against the reference, in place and not."""
+    from fastloss._numba import _softmax as S
+
+    rng = np.random.default_rng(21)
+    R_, C = S._RB * 3 + 17, 7
+    z = (rng.standard_normal((R_, C)) * 5).astype(dt)
+    labels = rng.integers(0, C, R_)
+    z[3, 2] = np.nan
+    labels[4] = -100
+    z[5] = -np.inf
+    z[6, 1] = np.inf
+    z[7, 3] = -np.inf
+    labels[7] = 3  # masked label: inf loss
+    z[8, [1, 4]] = z[8].max() + 1  # tie: the first argmax
+    labels[8] = 4
+    z[9] = 0.0
+    z[10, 0] = 200.0  # dominant class, p_y -> 1
+    labels[10] = 0
+    scale = 1.0 / R_
+    g, l = np.empty_like(z), np.empty(R_)
+    g2, l2 = np.empty_like(z), np.empty(R_)
+    with np.errstate(invalid="ignore"):
+        B.softmax_rows("softmax_cross_entropy", z, labels, None, None, -100, 0.0, g, l, scale)
+        R.softmax_rows("softmax_cross_entropy", z, labels, None, None, -100, 0.0, g2, l2, scale)
+    _close(l, l2, 0.0, dt, "loss")
+    _close(g, g2, scale, dt, "grad")
+    zz = z.copy()
+    l3 = np.empty(R_)
+    B.softmax_rows("softmax_cross_entropy", zz, labels, None, None, -100, 0.0, zz, l3, scale)
+    np.testing.assert_array_equal(zz, g)
+    np.testing.assert_array_equal(l3, l)
+    l4 = np.empty(R_)
+    B.softmax_rows("softmax_cross_entropy", z, labels, None, None, -100, 0.0, None, l4, scale)
+    np.testing.assert_array_equal(l4, l)
+
+
+def test_log1p_pos_against_numpy():
+    from fastloss._numba._softmax import log1p_pos
+
+    s = np.concatenate([[0.0, 5e-324, 1e-300, 1e-17, 2.0**-53, 1e-8, 0.5, 1.0, 2.0, 31.0],
+                        np.geomspace(1e-20, 1e6, 20001)])
+    got = np.array([log1p_pos(v) for v in s])
+    want = np.log1p(s)
+    assert (np.abs(got - want) <= 2 * np.spacing(want)).all()

@@ -89,6 +89,13 @@ def elementwise(op, z, y, w, pw, grad, loss, scale):
 def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale):
     """Fused softmax-row loss; see :mod:`fastloss.reference` for the contract."""
     dt = z.dtype
+    if (op == "softmax_cross_entropy" and z.shape[1] <= _sm.SMALL_C and labels is not None
+            and probs is None and w is None and smoothing == 0.0):
+        # short rows, the plain call: vectorised across rows
+        kern = _sm.ce_small_serial if z.size <= SERIAL_SOFTMAX else _sm.ce_small_parallel
+        with _jit.run_lock():
+            kern(z, labels, int(ignore_index), _e2(dt) if grad is None else grad, loss, float(scale), _ESC[dt])
+        return
     args = (_SM_OPS[op], z, _NO_LABELS if labels is None else labels,
             _e2(dt) if probs is None else probs, _e1(dt) if w is None else w,
             int(ignore_index), float(smoothing), _e2(dt) if grad is None else grad,
