@@ -354,31 +354,36 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
     C = z.shape[1]
     nb = r1 - r0
     f32 = is_f32(z)  # constant: shorter exp series for float32 rows
+    # the block transposed into E (class-major): every pass below then runs
+    # over contiguous rows-vectors instead of stride-C gathers
+    nan = np.zeros(_RB, np.bool_)
     for i in range(nb):
         y = labels[r0 + i]
         zy[i] = np.float64(z[r0 + i, y if 0 <= y < C else 0])  # read before grad is written
-        m[i] = np.float64(z[r0 + i, 0])
+        for k in range(C):
+            v = np.float64(z[r0 + i, k])
+            E[k, i] = v
+            nan[i] |= v != v
+    for i in range(nb):
+        m[i] = E[0, i]
         am[i] = 0
     # max pass: the first argmax (a NaN never wins a comparison; flagged below)
     for k in range(1, C):
         for i in range(nb):
-            v = np.float64(z[r0 + i, k])
+            v = E[k, i]
             gt = v > m[i]
             am[i] = k if gt else am[i]
             m[i] = v if gt else m[i]
     nspecial = 0
     for i in range(nb):
-        nan = False
-        for k in range(C):
-            nan |= z[r0 + i, k] != z[r0 + i, k]
-        bad = nan or not (abs(m[i]) < _INF) or labels[r0 + i] == ignore_index
+        bad = nan[i] or not (abs(m[i]) < _INF) or labels[r0 + i] == ignore_index
         special[i] = bad
         nspecial += bad
         s1[i] = 0.0
     # exp pass: e = exp(z - m) in [0, 1] and S' = the sum without the argmax
     for k in range(C):
         for i in range(nb):
-            e = exp(np.float64(z[r0 + i, k]) - m[i], f32)
+            e = exp(E[k, i] - m[i], f32)
             E[k, i] = e
             s1[i] = add_reassoc(s1[i], 0.0 if k == am[i] else e)
     # loss = log S - (z_y - m) with S = 1 + S': two terms >= 0, no cancellation
@@ -388,12 +393,15 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
         rs[i] = 1.0 / S
     if grad.shape[0] == 0:  # loss only
         return nspecial
-    # gradient (p - onehot(y)) scale with p = e / S.  Flagged rows keep z
-    # (a select, not a branch): in place, :func:`_row` still reads them
+    # gradient (p - onehot(y)) scale with p = e / S, transposed back.
+    # Flagged rows keep z (a select): in place, :func:`_row` still reads them
     for k in range(C):
         for i in range(nb):
-            v = z[r0 + i, k]
-            grad[r0 + i, k] = v if special[i] else (E[k, i] * rs[i]) * scale
+            E[k, i] = (E[k, i] * rs[i]) * scale
+    for i in range(nb):
+        sp = special[i]
+        for k in range(C):
+            grad[r0 + i, k] = z[r0 + i, k] if sp else E[k, i]
     for i in range(nb):
         if special[i]:
             continue
@@ -402,7 +410,7 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
         if y == am[i]:  # p_y - 1 = -S'/S, never formed as a difference
             grad[r, y] = -(s1[i] * rs[i]) * scale
         else:  # p_y <= 1/2 here: p_y - 1 has no cancellation
-            grad[r, y] = (E[y, i] * rs[i] - 1.0) * scale
+            grad[r, y] = E[y, i] - scale
     return nspecial
 
 
