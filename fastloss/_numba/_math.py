@@ -204,6 +204,32 @@ def exp_em1_f32(x):
 
 
 @jit_fma
+def exp_scaled_f32(x):
+    """``exp(x) * 2**100`` in float32 arithmetic for float32 ``x <= 0`` (softmax rows), ~1 ulp.
+
+    The 2**100 (the float32 rows' ``esc``) keeps e normal down to x = -156;
+    below -150 the result is 0 (e / S < 2**-216 rounds to 0 in float32 and
+    is nothing next to S >= 1).  ``x`` itself is a float32 difference z - m:
+    its rounding moves e by at most |x| 2**-24, within the contract's
+    condition number (kappa >= ~|z - m| for softmax probabilities).
+    """
+    big = x >= -150.0  # NaN never reaches here (NaN rows are handled apart)
+    x = x if big else np.float32(-150.0)
+    kf = (x * _F32_LOG2E + _F32_ROUND) - _F32_ROUND
+    r = (x - kf * _F32_LN2_HI) - kf * _F32_LN2_LO  # |r| <= 0.347
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    pm = (p * r) * r + r
+    sc = np.int32((np.int32(kf) + 227) << 23).view(np.float32)  # 2**(k + 100), k >= -217
+    e = (pm + _F1) * sc
+    return e if big else np.float32(0.0)
+
+
+@jit_fma
 def log1p01_f32(u):
     """``log1p(u)`` in float32 arithmetic for float32 ``u`` in [0, 1] (or NaN), ~1 ulp.
 

@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_inline, kernel, parallel_kernel
-from ._math import _LN2_HI, _LN2_LO, add_reassoc, exp, is_f32, mul0
+from ._math import _LN2_HI, _LN2_LO, add_reassoc, exp, exp_scaled_f32, is_f32, mul0
 
 CE, SMSE = 0, 1
 _NAN = np.nan
@@ -163,6 +163,16 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
             tau = add_reassoc(tau, 1.0 if tied else 0.0)  # exact: integer counts
             e_rest = add_reassoc(e_rest, 0.0 if tied else e)
             s1 = add_reassoc(s1, e if k != am else 0.0)
+    elif not sums and f32 and not inf_row:
+        # float32 labels: exp in float32 (16 lanes, not 4), then S' summed in
+        # float64 in a second, cheap pass.  z - m is a float32 difference
+        # (see exp_scaled_f32); m is a float32 value, exact
+        m32 = np.float32(m)
+        for k in range(C):
+            wr[k] = exp_scaled_f32(np.float32(wr[k]) - m32)
+        for k in range(C):
+            s1 = add_reassoc(s1, np.float64(wr[k]) if k != am else 0.0)
+        s1 *= 1.0 / esc  # exact: a power of 2
     elif not sums:  # labels without smoothing: the hot loop, exp and S' only
         for k in range(C):
             e = exp(_shift(np.float64(wr[k]), m, inf_row), f32)
@@ -198,11 +208,16 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
             return
         # ---- gradient pass: g = (p A - a) scale, rescaling e in place
         p_y = (np.float64(wr[y]) * rs if f32 else (np.float64(wr[y]) * inv_esc) / S) if y >= 0 else 0.0
-        for k in range(C):
-            p = np.float64(wr[k]) * rs if f32 else (np.float64(wr[k]) * inv_esc) / S
-            wk = np.float64(w[k]) if has_w else 1.0
-            ak = (np.float64(probs[r, k]) * keep + cw) * wk if use_p else cw * wk
-            wr[k] = (p * A - ak) * scale
+        if f32 and not sums:  # every a_k = 0 off the label: g = p A scale, one product
+            c = rs * A * scale  # float64: no underflow of the 2**-100 factor, one rounding
+            for k in range(C):
+                wr[k] = np.float64(wr[k]) * c
+        else:
+            for k in range(C):
+                p = np.float64(wr[k]) * rs if f32 else (np.float64(wr[k]) * inv_esc) / S
+                wk = np.float64(w[k]) if has_w else 1.0
+                ak = (np.float64(probs[r, k]) * keep + cw) * wk if use_p else cw * wk
+                wr[k] = (p * A - ak) * scale
         if y >= 0 and y != am:
             wr[y] = (p_y * A - a_y) * scale  # a_y differs from cw w_y (p_y read before overwrite)
         # argmax entry: p A - a = A' - A q (the others' a summed, never
