@@ -152,7 +152,23 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     e_rest = 0.0  # softmax_mse: sum of e over the classes not tied
     sums = use_p or eps != 0.0
     f32 = is_f32(zr)  # constant: shorter exp series for float32 rows
-    if op == SMSE:  # separate loops: op is a runtime value, branches inside stop vectorising
+    if op == SMSE and f32 and not inf_row:
+        # float32 rows: exp in float32 (16 lanes), the sums in float64 in a
+        # second pass (see the CE branch below); ties tagged as there
+        m32 = np.float32(m)
+        for k in range(C):
+            x = np.float32(wr[k]) - m32
+            e = exp_scaled_f32(x)
+            wr[k] = e if x == 0.0 else -e
+        for k in range(C):
+            v = np.float64(wr[k])
+            tied = v > 0.0
+            tau = add_reassoc(tau, 1.0 if tied else 0.0)  # exact: integer counts
+            e_rest = add_reassoc(e_rest, 0.0 if tied else -v)
+            s1 = add_reassoc(s1, abs(v) if k != am else 0.0)
+        s1 *= 1.0 / esc  # exact: powers of 2
+        e_rest *= 1.0 / esc
+    elif op == SMSE:  # separate loops: op is a runtime value, branches inside stop vectorising
         for k in range(C):
             sh = _shift(np.float64(wr[k]), m, inf_row)
             e = exp(sh, f32)
