@@ -23,7 +23,21 @@ NAME = "c"
 ABI_VERSION = 1
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
-_CTYPE = {"f32": "float *", "f64": "double *"}
+# cffi array types: ffi.from_buffer(ctype, a) is a pointer argument by
+# itself, one call instead of from_buffer + cast (~0.3 us per array)
+_CARRAY = {"f32": "float[]", "f64": "double[]"}
+_ELEMENTWISE_OPS = ("mse", "sigmoid_mse", "sigmoid_bce")
+_SOFTMAX_OPS = ("softmax_cross_entropy", "softmax_mse")
+_fns = {}
+
+
+def _fn(op, dtype):
+    """(C function, cffi array type) for ``op`` on ``dtype``, looked up once."""
+    hit = _fns.get((op, dtype))
+    if hit is None:
+        sfx = _SUFFIX[dtype]
+        hit = _fns[op, dtype] = (getattr(lib, f"fl_{op}_{sfx}"), _CARRAY[sfx])
+    return hit
 
 
 def check_available():
@@ -58,36 +72,36 @@ def _ptr(a, ctype):
     """A C pointer to ``a``'s data (no copy), or NULL for None."""
     if a is None:
         return ffi.NULL
-    return ffi.cast(ctype, ffi.from_buffer(a, require_writable=False))
+    return ffi.from_buffer(ctype, a)
 
 
 def _wptr(a, ctype):
     if a is None:
         return ffi.NULL
-    return ffi.cast(ctype, ffi.from_buffer(a, require_writable=True))
+    return ffi.from_buffer(ctype, a, True)  # require_writable
 
 
 def elementwise(op, z, y, w, pw, grad, loss, scale):
-    sfx = _SUFFIX[z.dtype]
-    ct = _CTYPE[sfx]
-    n = z.size
-    args = [_ptr(z, ct), _ptr(y, ct), _ptr(w, ct), 1 if w is None else w.size]
-    if op == "sigmoid_bce":
-        args += [_ptr(pw, ct), 1 if pw is None else pw.size]
-    elif op not in ("mse", "sigmoid_mse"):
+    if op not in _ELEMENTWISE_OPS:
         raise ValueError(f"unknown elementwise op {op!r}")
-    args += [_wptr(grad, ct), _wptr(loss, ct), n, float(scale)]
-    return getattr(lib, f"fl_{op}_{sfx}")(*args)
+    fn, ct = _fn(op, z.dtype)
+    fb = ffi.from_buffer
+    zp, yp = fb(ct, z), fb(ct, y)
+    wp, gp, lp = _ptr(w, ct), _wptr(grad, ct), _wptr(loss, ct)
+    P = 1 if w is None else w.size
+    if op == "sigmoid_bce":
+        return fn(zp, yp, wp, P, _ptr(pw, ct), 1 if pw is None else pw.size, gp, lp, z.size, float(scale))
+    return fn(zp, yp, wp, P, gp, lp, z.size, float(scale))
 
 
 def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale):
+    if op not in _SOFTMAX_OPS:
+        raise ValueError(f"unknown softmax op {op!r}")
     R, C = z.shape
-    sfx = _SUFFIX[z.dtype]
-    ct = _CTYPE[sfx]
-    args = [_ptr(z, ct), R, C, _ptr(labels, "int64_t *"), _ptr(probs, ct), _ptr(w, ct), int(ignore_index)]
+    fn, ct = _fn(op, z.dtype)
+    args = [ffi.from_buffer(ct, z), R, C, _ptr(labels, "int64_t[]"), _ptr(probs, ct), _ptr(w, ct),
+            int(ignore_index)]
     if op == "softmax_cross_entropy":
         args.append(float(smoothing))
-    elif op != "softmax_mse":
-        raise ValueError(f"unknown softmax op {op!r}")
-    args += [_wptr(grad, ct), _wptr(loss, "double *"), float(scale)]
-    getattr(lib, f"fl_{op}_{sfx}")(*args)
+    args += [_wptr(grad, ct), ffi.from_buffer("double[]", loss, True), float(scale)]
+    fn(*args)
