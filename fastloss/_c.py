@@ -28,15 +28,16 @@ _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _CARRAY = {"f32": "float[]", "f64": "double[]"}
 _ELEMENTWISE_OPS = ("mse", "sigmoid_mse", "sigmoid_bce")
 _SOFTMAX_OPS = ("softmax_cross_entropy", "softmax_mse")
-_fns = {}
+#: per family: op -> dtype -> (C function, cffi array type), filled on first use
+_EW_FNS = {op: {} for op in _ELEMENTWISE_OPS}
+_SM_FNS = {op: {} for op in _SOFTMAX_OPS}
 
 
-def _fn(op, dtype):
-    """(C function, cffi array type) for ``op`` on ``dtype``, looked up once."""
-    hit = _fns.get((op, dtype))
-    if hit is None:
-        sfx = _SUFFIX[dtype]
-        hit = _fns[op, dtype] = (getattr(lib, f"fl_{op}_{sfx}"), _CARRAY[sfx])
+def _lookup(table, op, dtype, family):
+    if op not in table:
+        raise ValueError(f"unknown {family} op {op!r}")
+    sfx = _SUFFIX[dtype]
+    hit = table[op][dtype] = (getattr(lib, f"fl_{op}_{sfx}"), _CARRAY[sfx])
     return hit
 
 
@@ -68,40 +69,33 @@ def isa():
     return {4: "avx512", 3: "avx2"}.get(lib.fl_isa_level(), "base")
 
 
-def _ptr(a, ctype):
-    """A C pointer to ``a``'s data (no copy), or NULL for None."""
-    if a is None:
-        return ffi.NULL
-    return ffi.from_buffer(ctype, a)
-
-
-def _wptr(a, ctype):
-    if a is None:
-        return ffi.NULL
-    return ffi.from_buffer(ctype, a, True)  # require_writable
-
-
 def elementwise(op, z, y, w, pw, grad, loss, scale):
-    if op not in _ELEMENTWISE_OPS:
-        raise ValueError(f"unknown elementwise op {op!r}")
-    fn, ct = _fn(op, z.dtype)
+    try:
+        fn, ct = _EW_FNS[op][z.dtype]
+    except KeyError:
+        fn, ct = _lookup(_EW_FNS, op, z.dtype, "elementwise")
     fb = ffi.from_buffer
-    zp, yp = fb(ct, z), fb(ct, y)
-    wp, gp, lp = _ptr(w, ct), _wptr(grad, ct), _wptr(loss, ct)
+    wp = ffi.NULL if w is None else fb(ct, w)
+    gp = ffi.NULL if grad is None else fb(ct, grad, True)  # True: require_writable
+    lp = ffi.NULL if loss is None else fb(ct, loss, True)
     P = 1 if w is None else w.size
     if op == "sigmoid_bce":
-        return fn(zp, yp, wp, P, _ptr(pw, ct), 1 if pw is None else pw.size, gp, lp, z.size, float(scale))
-    return fn(zp, yp, wp, P, gp, lp, z.size, float(scale))
+        pwp = ffi.NULL if pw is None else fb(ct, pw)
+        return fn(fb(ct, z), fb(ct, y), wp, P, pwp, 1 if pw is None else pw.size, gp, lp, z.size, float(scale))
+    return fn(fb(ct, z), fb(ct, y), wp, P, gp, lp, z.size, float(scale))
 
 
 def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale):
-    if op not in _SOFTMAX_OPS:
-        raise ValueError(f"unknown softmax op {op!r}")
+    try:
+        fn, ct = _SM_FNS[op][z.dtype]
+    except KeyError:
+        fn, ct = _lookup(_SM_FNS, op, z.dtype, "softmax")
     R, C = z.shape
-    fn, ct = _fn(op, z.dtype)
-    args = [ffi.from_buffer(ct, z), R, C, _ptr(labels, "int64_t[]"), _ptr(probs, ct), _ptr(w, ct),
-            int(ignore_index)]
+    fb = ffi.from_buffer
+    head = (fb(ct, z), R, C, ffi.NULL if labels is None else fb("int64_t[]", labels),
+            ffi.NULL if probs is None else fb(ct, probs), ffi.NULL if w is None else fb(ct, w), int(ignore_index))
+    tail = (ffi.NULL if grad is None else fb(ct, grad, True), fb("double[]", loss, True), float(scale))
     if op == "softmax_cross_entropy":
-        args.append(float(smoothing))
-    args += [_wptr(grad, ct), ffi.from_buffer("double[]", loss, True), float(scale)]
-    fn(*args)
+        fn(*head, float(smoothing), *tail)
+    else:
+        fn(*head, *tail)
