@@ -16,8 +16,9 @@ from . import _validate as V
 
 def _is_device_array(*arrays):
     for a in arrays:  # a loop, not any(genexpr): this runs on every call
-        if a is not None and type(a) is not np.ndarray and not isinstance(a, np.ndarray) \
-                and hasattr(a, "__cuda_array_interface__"):
+        if a is None or type(a) is np.ndarray:
+            continue
+        if not isinstance(a, np.ndarray) and hasattr(a, "__cuda_array_interface__"):
             return True
     return False
 
