@@ -130,14 +130,16 @@ def check_labels(labels, n_classes, ignore_index):
     """
     if labels.size == 0:
         return True
-    # the common case in one reduction: viewed as unsigned, a negative label
-    # is >= 2**(bits-1), so it fails "< C" whenever C <= 2**(bits-1)
+    # The common case in one pass: viewed as unsigned, a negative label is
+    # >= 2**(bits-1), so it fails "< C" whenever C <= 2**(bits-1).  The max
+    # is taken as a[argmax]: argmax skips the ufunc machinery (~0.6 us less).
     u = _UNSIGNED.get(labels.dtype)
     if u is not None and n_classes <= u[1]:
-        if np.maximum.reduce(labels.view(u[0]), axis=None) < n_classes:  # ndarray.max's wrapper: +0.3 us
+        v = labels.view(u[0])
+        if v.item(v.argmax()) < n_classes:
             return True
     elif labels.dtype.kind == "u":
-        if labels.max() < n_classes:
+        if labels.item(labels.argmax()) < n_classes:
             return True
     elif labels.min() >= 0 and labels.max() < n_classes:
         return True
