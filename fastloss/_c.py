@@ -23,7 +23,22 @@ NAME = "c"
 ABI_VERSION = 1
 
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
-_CTYPE = {"f32": "float *", "f64": "double *"}
+# cffi array types: ffi.from_buffer(ctype, a) is a pointer argument by
+# itself, one call instead of from_buffer + cast (~0.3 us per array)
+_CARRAY = {"f32": "float[]", "f64": "double[]"}
+_ELEMENTWISE_OPS = ("mse", "sigmoid_mse", "sigmoid_bce")
+_SOFTMAX_OPS = ("softmax_cross_entropy", "softmax_mse")
+#: per family: op -> dtype -> (C function, cffi array type), filled on first use
+_EW_FNS = {op: {} for op in _ELEMENTWISE_OPS}
+_SM_FNS = {op: {} for op in _SOFTMAX_OPS}
+
+
+def _lookup(table, op, dtype, family):
+    if op not in table:
+        raise ValueError(f"unknown {family} op {op!r}")
+    sfx = _SUFFIX[dtype]
+    hit = table[op][dtype] = (getattr(lib, f"fl_{op}_{sfx}"), _CARRAY[sfx])
+    return hit
 
 
 def check_available():
@@ -54,40 +69,33 @@ def isa():
     return {4: "avx512", 3: "avx2"}.get(lib.fl_isa_level(), "base")
 
 
-def _ptr(a, ctype):
-    """A C pointer to ``a``'s data (no copy), or NULL for None."""
-    if a is None:
-        return ffi.NULL
-    return ffi.cast(ctype, ffi.from_buffer(a, require_writable=False))
-
-
-def _wptr(a, ctype):
-    if a is None:
-        return ffi.NULL
-    return ffi.cast(ctype, ffi.from_buffer(a, require_writable=True))
-
-
 def elementwise(op, z, y, w, pw, grad, loss, scale):
-    sfx = _SUFFIX[z.dtype]
-    ct = _CTYPE[sfx]
-    n = z.size
-    args = [_ptr(z, ct), _ptr(y, ct), _ptr(w, ct), 1 if w is None else w.size]
+    try:
+        fn, ct = _EW_FNS[op][z.dtype]
+    except KeyError:
+        fn, ct = _lookup(_EW_FNS, op, z.dtype, "elementwise")
+    fb = ffi.from_buffer
+    wp = ffi.NULL if w is None else fb(ct, w)
+    gp = ffi.NULL if grad is None else fb(ct, grad, True)  # True: require_writable
+    lp = ffi.NULL if loss is None else fb(ct, loss, True)
+    P = 1 if w is None else w.size
     if op == "sigmoid_bce":
-        args += [_ptr(pw, ct), 1 if pw is None else pw.size]
-    elif op not in ("mse", "sigmoid_mse"):
-        raise ValueError(f"unknown elementwise op {op!r}")
-    args += [_wptr(grad, ct), _wptr(loss, ct), n, float(scale)]
-    return getattr(lib, f"fl_{op}_{sfx}")(*args)
+        pwp = ffi.NULL if pw is None else fb(ct, pw)
+        return fn(fb(ct, z), fb(ct, y), wp, P, pwp, 1 if pw is None else pw.size, gp, lp, z.size, float(scale))
+    return fn(fb(ct, z), fb(ct, y), wp, P, gp, lp, z.size, float(scale))
 
 
 def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale):
+    try:
+        fn, ct = _SM_FNS[op][z.dtype]
+    except KeyError:
+        fn, ct = _lookup(_SM_FNS, op, z.dtype, "softmax")
     R, C = z.shape
-    sfx = _SUFFIX[z.dtype]
-    ct = _CTYPE[sfx]
-    args = [_ptr(z, ct), R, C, _ptr(labels, "int64_t *"), _ptr(probs, ct), _ptr(w, ct), int(ignore_index)]
+    fb = ffi.from_buffer
+    head = (fb(ct, z), R, C, ffi.NULL if labels is None else fb("int64_t[]", labels),
+            ffi.NULL if probs is None else fb(ct, probs), ffi.NULL if w is None else fb(ct, w), int(ignore_index))
+    tail = (ffi.NULL if grad is None else fb(ct, grad, True), fb("double[]", loss, True), float(scale))
     if op == "softmax_cross_entropy":
-        args.append(float(smoothing))
-    elif op != "softmax_mse":
-        raise ValueError(f"unknown softmax op {op!r}")
-    args += [_wptr(grad, ct), _wptr(loss, "double *"), float(scale)]
-    getattr(lib, f"fl_{op}_{sfx}")(*args)
+        fn(*head, float(smoothing), *tail)
+    else:
+        fn(*head, *tail)

@@ -32,12 +32,22 @@ def compute_dtype(dtype, name="logits"):
     a loss over integer logits is almost always a bug, not a request for
     float64 promotion.
     """
+    try:  # the common case in one dict lookup (comparing a dtype to a type costs ~0.1 us)
+        hit = _COMPUTE.get(dtype)
+    except TypeError:  # unhashable spec, e.g. a structured dtype's field list
+        hit = None
+    if hit is not None:
+        return hit
     dtype = np.dtype(dtype)
     if dtype in (np.float32, np.float64):
         return dtype, dtype
     if dtype == np.float16:
         return np.dtype(np.float32), dtype
     raise TypeError(f"{name} must be a float16, float32 or float64 array; got dtype {dtype}")
+
+
+_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+_COMPUTE = {_F32: (_F32, _F32), _F64: (_F64, _F64), _F16: (_F32, _F16)}
 
 
 def as_float_target(target, shape, dtype, name="target"):
@@ -47,7 +57,7 @@ def as_float_target(target, shape, dtype, name="target"):
         raise TypeError(f"{name} must be a real numeric array; got dtype {t.dtype}")
     if t.shape != shape:
         raise ValueError(f"{name} must have the logits' shape {shape}; got {t.shape}")
-    return t.astype(dtype, copy=False)
+    return t if t.dtype == dtype else t.astype(dtype, copy=False)
 
 
 def periodic_param(param, shape, dtype, name):
@@ -107,12 +117,32 @@ def check_ignore_index(ignore_index):
         raise TypeError(f"ignore_index must be an int; got {type(ignore_index).__name__}") from None
 
 
+#: native signed label dtype -> (unsigned dtype of its size, 2**(bits-1))
+_UNSIGNED = {np.dtype(s): (np.dtype(u), 1 << (8 * np.dtype(s).itemsize - 1))
+             for s, u in ((np.int8, np.uint8), (np.int16, np.uint16), (np.int32, np.uint32), (np.int64, np.uint64))}
+
+
 def check_labels(labels, n_classes, ignore_index):
-    """Raise naming the first label outside [0, C) that is not ignore_index."""
+    """Raise naming the first label outside [0, C) that is not ignore_index.
+
+    Returns True when every label is in [0, C) (so none equals an
+    ``ignore_index`` outside that range), False when some are ignored.
+    """
     if labels.size == 0:
-        return
-    if labels.min() >= 0 and labels.max() < n_classes:  # the common case: two cheap reductions
-        return
+        return True
+    # The common case in one pass: viewed as unsigned, a negative label is
+    # >= 2**(bits-1), so it fails "< C" whenever C <= 2**(bits-1).  The max
+    # is taken as a[argmax]: argmax skips the ufunc machinery (~0.6 us less).
+    u = _UNSIGNED.get(labels.dtype)
+    if u is not None and n_classes <= u[1]:
+        v = labels.view(u[0])
+        if v.item(v.argmax()) < n_classes:
+            return True
+    elif labels.dtype.kind == "u":
+        if labels.item(labels.argmax()) < n_classes:
+            return True
+    elif labels.min() >= 0 and labels.max() < n_classes:
+        return True
     bad = ((labels < 0) | (labels >= n_classes)) & (labels != ignore_index)
     if bad.any():
         first = int(np.argmax(bad.reshape(-1)))
@@ -122,6 +152,7 @@ def check_labels(labels, n_classes, ignore_index):
             f"target has label {value} at position {tuple(int(i) for i in pos)}; labels must be in "
             f"[0, {n_classes}) or equal ignore_index={ignore_index}"
         )
+    return False
 
 
 def check_class_weight(weight, n_classes, dtype):
@@ -152,14 +183,14 @@ def check_out(out, shape, dtype, inputs):
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     logits, *others = inputs
-    if isinstance(logits, np.ndarray) and np.may_share_memory(out, logits):
-        same = (
+    if out is not logits and isinstance(logits, np.ndarray) and np.may_share_memory(out, logits):
+        same = (  # (out is logits: trivially the same; __array_interface__ costs ~1 us)
             out.__array_interface__["data"][0] == logits.__array_interface__["data"][0]
             and out.strides == logits.strides
         )
         if not same:
             raise ValueError("out overlaps logits without being the same array; pass out=logits or a separate buffer")
     for arr in others:
-        if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
+        if arr is not None and isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
             raise ValueError("out shares memory with target/weight; it may only alias the logits")
     return out

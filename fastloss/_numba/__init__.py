@@ -34,8 +34,9 @@ SERIAL_SOFTMAX = 1 << 17
 # float32 gradient rows hold exp(z - m) * 2**100: an e below float32's normal
 # range stays exact until the final rescale (2**100 * 1 cannot overflow).
 _ESC = {np.dtype(np.float32): 2.0 ** 100, np.dtype(np.float64): 1.0}
-_EMPTY1 = {}
-_EMPTY2 = {}
+# per-dtype empty stand-ins for absent arrays (float32/float64 made up front)
+_EMPTY1 = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}
+_EMPTY2 = {np.dtype(t): np.empty((0, 0), t) for t in (np.float32, np.float64)}
 
 
 def _e1(dt):
@@ -63,7 +64,9 @@ def check_available():
 
 def elementwise(op, z, y, w, pw, grad, loss, scale):
     """Fused elementwise loss; see :mod:`fastloss.reference` for the contract."""
-    e = _e1(z.dtype)
+    e = _EMPTY1.get(z.dtype)
+    if e is None:
+        e = _e1(z.dtype)
     n = z.size
     nchunks = -(-n // _ew.CHUNK)
     # plain kernels may re-read z and y after writing the gradient (a block
