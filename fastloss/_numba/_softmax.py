@@ -392,16 +392,16 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
         y = labels[r0 + i]
         zy[i] = np.float64(z[r0 + i, y if 0 <= y < C else 0])  # read before grad is written
         for k in range(C):
-            v = np.float64(z[r0 + i, k])
+            v = z[r0 + i, k]
             E[k, i] = v
             nan[i] |= v != v
     for i in range(nb):
-        m[i] = E[0, i]
+        m[i] = np.float64(E[0, i])
         am[i] = 0
     # max pass: the first argmax (a NaN never wins a comparison; flagged below)
     for k in range(1, C):
         for i in range(nb):
-            v = E[k, i]
+            v = np.float64(E[k, i])
             gt = v > m[i]
             am[i] = k if gt else am[i]
             m[i] = v if gt else m[i]
@@ -411,14 +411,23 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
         special[i] = bad
         nspecial += bad
         s1[i] = 0.0
-    # exp pass: e = exp(z - m) in [0, 1] and S' = the sum without the argmax
+    # exp pass: e = exp(z - m) in [0, 1] (float32 blocks: e * 2**100 in
+    # float32 arithmetic, as in _row) and S' = the sum without the argmax
+    if f32:
+        for k in range(C):
+            for i in range(nb):
+                E[k, i] = exp_scaled_f32(E[k, i] - np.float32(m[i]))
+    else:
+        for k in range(C):
+            for i in range(nb):
+                E[k, i] = exp(E[k, i] - m[i])
     for k in range(C):
         for i in range(nb):
-            e = exp(E[k, i] - m[i], f32)
-            E[k, i] = e
-            s1[i] = add_reassoc(s1[i], 0.0 if k == am[i] else e)
+            s1[i] = add_reassoc(s1[i], 0.0 if k == am[i] else np.float64(E[k, i]))
+    esc_inv = 2.0 ** -100 if f32 else 1.0
     # loss = log S - (z_y - m) with S = 1 + S': two terms >= 0, no cancellation
     for i in range(nb):
+        s1[i] *= esc_inv  # exact: a power of 2
         S = 1.0 + s1[i]
         loss[r0 + i] = log1p_pos(s1[i]) - (zy[i] - m[i])
         rs[i] = 1.0 / S
@@ -426,9 +435,11 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
         return nspecial
     # gradient (p - onehot(y)) scale with p = e / S, transposed back.
     # Flagged rows keep z (a select): in place, :func:`_row` still reads them
+    for i in range(nb):
+        rs[i] *= scale * esc_inv  # one float64 factor per row: a single rounding below
     for k in range(C):
         for i in range(nb):
-            E[k, i] = (E[k, i] * rs[i]) * scale
+            E[k, i] = np.float64(E[k, i]) * rs[i]
     for i in range(nb):
         sp = special[i]
         for k in range(C):
@@ -439,9 +450,9 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
         r = r0 + i
         y = labels[r]
         if y == am[i]:  # p_y - 1 = -S'/S, never formed as a difference
-            grad[r, y] = -(s1[i] * rs[i]) * scale
+            grad[r, y] = -(s1[i] / (1.0 + s1[i])) * scale
         else:  # p_y <= 1/2 here: p_y - 1 has no cancellation
-            grad[r, y] = E[y, i] - scale
+            grad[r, y] = np.float64(E[y, i]) - scale
     return nspecial
 
 
@@ -457,7 +468,7 @@ def _ce_small_rows(z, labels, ignore_index, grad, loss, scale, esc, b):
     rs = np.empty(_RB)
     am = np.empty(_RB, np.int64)
     special = np.empty(_RB, np.bool_)
-    E = np.empty((C, _RB))
+    E = np.empty((C, _RB), z.dtype)  # the block, class-major, then e, then the gradient
     ns = _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, zy, s1, rs, E, special)
     if ns:
         no_p = np.empty((0, 0), z.dtype)
