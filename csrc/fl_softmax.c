@@ -42,14 +42,38 @@ FL_INLINE double fl_target_term(double a, double z, double m)
     return huge ? 2.0 * fl_mul0(a, 0.5 * z - 0.5 * m) : fl_mul0(a, sh);
 }
 
+/* Doubles of row work buffer: e; softmax_mse adds its block partials. */
+FL_INLINE int64_t fl_row_buf_len(const fl_sm_ctx *c)
+{
+    return c->op_mse ? c->C + 2 * ((c->C + 63) / 64) : c->C;
+}
+
+/* FL_IT: the signed integer of T's width, for the order-preserving keys
+ * of the max pass (see fl_softmax_kern.h) */
 #define T float
 #define SFX f32
+#define FL_IT int32_t
+#define FL_IT_MIN INT32_MIN
+#define FL_IT_SHIFT 31
+#define FL_IT_MAG INT32_C(0x7fffffff)
 #include "fl_softmax_impl.h"
 #undef T
 #undef SFX
+#undef FL_IT
+#undef FL_IT_MIN
+#undef FL_IT_SHIFT
+#undef FL_IT_MAG
 
 #define T double
 #define SFX f64
+#define FL_IT int64_t
+#define FL_IT_MIN INT64_MIN
+#define FL_IT_SHIFT 63
+#define FL_IT_MAG INT64_C(0x7fffffffffffffff)
 #include "fl_softmax_impl.h"
 #undef T
 #undef SFX
+#undef FL_IT
+#undef FL_IT_MIN
+#undef FL_IT_SHIFT
+#undef FL_IT_MAG

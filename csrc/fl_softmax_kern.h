@@ -29,6 +29,42 @@ FL_INLINE double FL_V(fl_exp_row)(const T *restrict z, double m, int64_t am, int
     return s1;
 }
 
+/* Cross-entropy of a float32 row (labels, no smoothing, finite max m; a
+ * float rows only): e 2^100 = exp(z - m) 2^100 in float arithmetic into the
+ * float buffer eb (16 lanes, not 8), S' summed in double in a second pass,
+ * and the bulk gradient one double product per entry (every a_k but the
+ * label's is 0: g = p A scale). */
+FL_INLINE void FL_V(fl_ce_row_f32)(const fl_sm_ctx *c, const T *z, T *g, int64_t y, double m, int64_t am,
+                                   float *restrict eb, double *loss)
+{
+    const int64_t C = c->C;
+    const float m32 = (float)m;  /* m is a float value: exact */
+    for (int64_t k = 0; k < C; k++)
+        eb[k] = fl_exp_scaled_f32((float)z[k], m32);
+    /* S' leaves out e_am (2^100 scaled): log1p(S') keeps what 1 + S' rounds off */
+    eb[am] = 0.0f;
+    double s1 = fl_sum_f32(eb, C) * 0x1p-100;  /* exact: a power of 2 */
+    eb[am] = 0x1p100f;
+    double S = 1.0 + s1;
+    double q = s1 / S;  /* 1 - p_argmax, never formed as a difference */
+    double A = c->w != NULL ? (double)((const T *)c->w)[y] : 1.0;
+    double Ar = y == am ? 0.0 : A;
+    /* z[y] read before the gradient is written (g may be z) */
+    *loss = A * fl_log1p_nonneg(s1) - fl_target_term(A, (double)z[y], m);
+    if (g == NULL)
+        return;
+    double sc = c->scale;
+    double rs = 0x1p-100 / S;  /* p = e 2^100 rs */
+    double cg = rs * A * sc;   /* in double: the 2^-100 cannot underflow, one rounding */
+    double py = (double)eb[y] * rs;
+    for (int64_t k = 0; k < C; k++)
+        g[k] = (T)((double)eb[k] * cg);
+    if (y != am)
+        g[y] = (T)(sc * (py * A - A));
+    /* argmax entry: p A - a = A' - A q, exact when p rounds to 1 */
+    g[am] = (T)(sc * (Ar - A * q));
+}
+
 /* sum_k a_k (z_k - m) with a_k = t_k w_k, A = sum_k a_k, and A' = the sum
  * of a_k over k != am (the argmax gradient sums it, never forms A - a_am) */
 FL_INLINE double FL_V(fl_target_dot)(const T *restrict z, double m, const T *restrict pr, int64_t y,
@@ -48,42 +84,65 @@ FL_INLINE double FL_V(fl_target_dot)(const T *restrict z, double m, const T *res
     return dot;
 }
 
-static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
+/* Row r, with the work buffer eb (fl_row_buf_len doubles, NULL when out of
+ * memory). */
+static FL_ATTR void FL_V(fl_row)(const fl_sm_ctx *c, int64_t r, double *eb)
 {
-    const fl_sm_ctx *c = vctx;
     const int64_t C = c->C;
     const T *w = c->w;
     double keep = 1.0 - c->smoothing, spread = c->smoothing / (double)C;
-    double *eb = malloc(sizeof(double) * (size_t)(c->op_mse ? C + 2 * ((C + 63) / 64) : C));  /* e; softmax_mse: + partials */
-    for (int64_t r = r0; r < r1; r++) {
+    {
         const T *restrict z = (const T *)c->z + r * C;
         const T *restrict pr = c->probs != NULL ? (const T *)c->probs + r * C : NULL;
         T *g = c->g != NULL ? (T *)c->g + r * C : NULL;
         int64_t y = c->labels != NULL ? c->labels[r] : -1;
         int valid = c->labels == NULL || y != c->ignore_index;
 
-        /* pass 1: NaN flag and max (vectorisable), then first argmax */
-        T mx = -__builtin_inf();
+        /* pass 1: NaN flag and max, then first argmax.  The max is an
+         * integer max of order-preserving keys of the bits (gcc does not
+         * vectorise a float max reduction without -ffast-math); NaN rows
+         * leave here, so their keys never matter. */
+        FL_IT kmax = FL_IT_MIN;
         int nan = 0;
         for (int64_t k = 0; k < C; k++) {
+            FL_IT b;
+            memcpy(&b, &z[k], sizeof b);
             nan |= z[k] != z[k];
-            mx = z[k] > mx ? z[k] : mx;
+            b ^= (b >> FL_IT_SHIFT) & FL_IT_MAG;  /* negative: flip the magnitude bits */
+            kmax = b > kmax ? b : kmax;
         }
+        kmax ^= (kmax >> FL_IT_SHIFT) & FL_IT_MAG;
+        T mx;
+        memcpy(&mx, &kmax, sizeof mx);
         if (nan) {  /* NaN anywhere in the row: NaN loss and gradient */
             c->loss[r] = __builtin_nan("");
             FL_V(fl_fill)(g, C, __builtin_nan(""));
-            continue;
+            return;
         }
         /* ignored row, or every class masked (-inf): loss 0, gradient 0 */
         if (!valid || mx == -__builtin_inf() || eb == NULL) {
             c->loss[r] = eb == NULL ? __builtin_nan("") : 0.0;  /* NaN flags out-of-memory */
             FL_V(fl_fill)(g, C, eb == NULL ? __builtin_nan("") : 0.0);
-            continue;
+            return;
         }
-        int64_t am = 0;
-        while (z[am] != mx)
-            am++;
+        int64_t am = 0;  /* first index holding mx: test 16 entries at once, then scan that block */
+        for (int64_t b0 = 0; b0 < C; b0 += 16) {
+            int64_t b1 = C - b0 < 16 ? C : b0 + 16;
+            int hit = 0;
+            for (int64_t k = b0; k < b1; k++)
+                hit |= z[k] == mx;
+            if (hit) {
+                am = b0;
+                while (z[am] != mx)
+                    am++;
+                break;
+            }
+        }
         double m = mx;
+        if (sizeof(T) == 4 && !c->op_mse && c->probs == NULL && spread == 0.0 && m < __builtin_inf()) {
+            FL_V(fl_ce_row_f32)(c, z, g, y, m, am, (float *)eb, &c->loss[r]);
+            return;
+        }
 
         /* pass 2 */
         double s1 = FL_V(fl_exp_row)(z, m, am, C, eb);
@@ -109,7 +168,7 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
              * dominant label (p -> 1) loses nothing to cancellation */
             c->loss[r] = A * fl_log1p_nonneg(s1) - dot;
             if (g == NULL)
-                continue;
+                return;
             if (plain) {
                 for (int64_t k = 0; k < C; k++)
                     g[k] = (T)(sc * (FL_P(k) * A));
@@ -172,7 +231,7 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
             l += lT;
             c->loss[r] = l;
             if (g == NULL)
-                continue;
+                return;
             double V = fl_pairwise_inplace(vb, nblk);  /* u_j - sum p u cancels: an accurate sum */
             /* U_T = p_max W_T - WT_T cancels when a tied class is the label;
              * with tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau */
@@ -194,8 +253,16 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
             }
         }
     }
-    free(eb);
 }
 #undef FL_P
+
+static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
+{
+    const fl_sm_ctx *c = vctx;
+    double *eb = malloc(sizeof(double) * (size_t)fl_row_buf_len(c));
+    for (int64_t r = r0; r < r1; r++)
+        FL_V(fl_row)(c, r, eb);
+    free(eb);
+}
 
 #undef FL_V
