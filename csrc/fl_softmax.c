@@ -16,6 +16,8 @@
 #include <stdlib.h>
 
 #define FL_ROW_MIN_PER_THREAD 65536  /* elements per thread before threads pay off */
+#define FL_SMALL_C 32  /* plain cross-entropy rows up to this long go by blocks, class-major */
+#define FL_RB 256      /* rows per short-row block: its float64 copy (<= 64 KiB) stays in L2 */
 
 typedef struct {
     const void *z, *probs, *w;

@@ -265,4 +265,102 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
     free(eb);
 }
 
+/* Plain cross-entropy on short rows (labels, no weights, no smoothing, C <=
+ * FL_SMALL_C; mirrors numba's _ce_small_block): per-row passes over a few
+ * classes are all overhead, so a block of FL_RB rows is transposed once
+ * into E (class-major) and every pass is a contiguous vector loop across
+ * rows.  Rows needing the general treatment (NaN, +-inf max, ignored label)
+ * keep z in the gradient here and are redone by fl_row afterwards, so the
+ * in-place call gives the same bits.  Blocks are the unit of threading: a
+ * row's result depends only on the row. */
+static FL_ATTR void FL_V(fl_rows_small)(void *vctx, int64_t b0, int64_t b1)
+{
+    const fl_sm_ctx *c = vctx;
+    const int64_t C = c->C, R = c->R;
+    const double sc = c->scale;
+    double m[FL_RB], zy[FL_RB], s1[FL_RB], rs[FL_RB];
+    int64_t am[FL_RB];
+    int special[FL_RB];
+    double *E = malloc(sizeof(double) * (size_t)(C * FL_RB + C));  /* the block, then fl_row's buffer */
+    if (E == NULL) {  /* fl_row flags out-of-memory with NaN */
+        for (int64_t r = b0 * FL_RB; r < R && r < b1 * FL_RB; r++)
+            FL_V(fl_row)(c, r, NULL);
+        return;
+    }
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t r0 = b * FL_RB;
+        const int nb = (int)(R - r0 < FL_RB ? R - r0 : FL_RB);
+        const T *zb = (const T *)c->z + r0 * C;
+        T *gb = c->g != NULL ? (T *)c->g + r0 * C : NULL;
+        const int64_t *lab = c->labels + r0;
+        double *restrict Er = E;
+        for (int i = 0; i < nb; i++) {
+            int64_t y = lab[i];
+            zy[i] = (double)zb[i * C + (y >= 0 && y < C ? y : 0)];  /* read before the gradient is written */
+            int nan = 0;
+            for (int64_t k = 0; k < C; k++) {
+                double v = (double)zb[i * C + k];
+                Er[k * FL_RB + i] = v;
+                nan |= v != v;
+            }
+            special[i] = nan;
+        }
+        /* max and first argmax by selects (a NaN never wins; flagged below) */
+        for (int i = 0; i < nb; i++) {
+            m[i] = Er[i];
+            am[i] = 0;
+        }
+        for (int64_t k = 1; k < C; k++)
+            for (int i = 0; i < nb; i++) {
+                double v = Er[k * FL_RB + i];
+                int gt = v > m[i];
+                am[i] = gt ? k : am[i];
+                m[i] = gt ? v : m[i];
+            }
+        int nspecial = 0;
+        for (int i = 0; i < nb; i++) {
+            special[i] |= !(m[i] < __builtin_inf() && m[i] > -__builtin_inf()) || lab[i] == c->ignore_index;
+            nspecial += special[i];
+            s1[i] = 0.0;
+        }
+        /* e = exp(z - m) in [0, 1] and S' = the sum without the argmax */
+        for (int64_t k = 0; k < C; k++)
+            for (int i = 0; i < nb; i++) {
+                double e = fl_exp_nonpos(Er[k * FL_RB + i] - m[i], sizeof(T) == 4);
+                Er[k * FL_RB + i] = e;
+                s1[i] += k == am[i] ? 0.0 : e;
+            }
+        /* loss = log S - (z_y - m), S = 1 + S': two terms >= 0, no cancellation */
+        for (int i = 0; i < nb; i++) {
+            c->loss[r0 + i] = fl_log1p_nonneg(s1[i]) - (zy[i] - m[i]);
+            rs[i] = 1.0 / (1.0 + s1[i]);
+        }
+        if (gb != NULL) {
+            /* (p - onehot(y)) scale with p = e / S, transposed back; flagged
+             * rows keep z (a select): in place, fl_row still reads them */
+            for (int64_t k = 0; k < C; k++)
+                for (int i = 0; i < nb; i++)
+                    Er[k * FL_RB + i] = (Er[k * FL_RB + i] * rs[i]) * sc;
+            for (int i = 0; i < nb; i++) {
+                int sp = special[i];
+                for (int64_t k = 0; k < C; k++)
+                    gb[i * C + k] = sp ? zb[i * C + k] : (T)Er[k * FL_RB + i];
+            }
+            for (int i = 0; i < nb; i++) {
+                if (special[i])
+                    continue;
+                int64_t y = lab[i];
+                if (y == am[i])  /* p_y - 1 = -S'/S, never formed as a difference */
+                    gb[i * C + y] = (T)(-(s1[i] * rs[i]) * sc);
+                else  /* p_y <= 1/2 here: p_y - 1 has no cancellation */
+                    gb[i * C + y] = (T)(Er[y * FL_RB + i] - sc);
+            }
+        }
+        for (int i = 0; nspecial > 0 && i < nb; i++)
+            if (special[i])
+                FL_V(fl_row)(c, r0 + i, E + C * FL_RB);
+    }
+    free(E);
+}
+
 #undef FL_V
