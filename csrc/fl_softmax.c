@@ -17,6 +17,7 @@
 
 #define FL_ROW_MIN_PER_THREAD 65536  /* elements per thread before threads pay off */
 #define FL_SMALL_C 32  /* plain cross-entropy rows up to this long go by blocks, class-major */
+#define FL_F32_ROW_MIN 32  /* float32 exp path from this row length: shorter rows pay its extra loops */
 #define FL_RB 256      /* rows per short-row block: its float64 copy (<= 64 KiB) stays in L2 */
 
 typedef struct {

@@ -139,7 +139,7 @@ static FL_ATTR void FL_V(fl_row)(const fl_sm_ctx *c, int64_t r, double *eb)
             }
         }
         double m = mx;
-        if (sizeof(T) == 4 && !c->op_mse && c->probs == NULL && spread == 0.0 && m < __builtin_inf()) {
+        if (sizeof(T) == 4 && C >= FL_F32_ROW_MIN && !c->op_mse && c->probs == NULL && spread == 0.0 && m < __builtin_inf()) {
             FL_V(fl_ce_row_f32)(c, z, g, y, m, am, (float *)eb, &c->loss[r]);
             return;
         }
