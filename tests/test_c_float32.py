@@ -197,3 +197,24 @@ def test_float32_exp_near_cut_matches_float64_path():
     ulp = np.spacing(np.abs(want)).astype(np.float64)
     err = np.abs(g32.astype(np.float64) - g64) / np.where(tiny, np.finfo(np.float32).smallest_subnormal, ulp)
     assert float(err.max()) <= 2, (float(err.max()), shifts[np.argmax(err.max(axis=1))])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ref.ELEMENTWISE_OPS)
+def test_elementwise_plain_call_same_bits(op, dtype):
+    """Gradient only, no weights (the plain loop): in place or not, same bits and sum as the general loop."""
+    rng = np.random.default_rng(6)
+    n = 5 * 1024 + 333
+    z = (rng.standard_normal(n) * 30).astype(dtype)
+    z[:6] = [np.inf, -np.inf, np.nan, np.finfo(dtype).max, -np.finfo(dtype).max, 0.0]
+    y = rng.random(n).astype(dtype)
+    g, l = np.empty_like(z), np.empty_like(z)
+    with np.errstate(all="ignore"):
+        s_gen = c.elementwise(op, z, y, None, None, g, l, 0.25)  # per-element losses: the general loop
+        g_out = np.empty_like(z)
+        s_out = c.elementwise(op, z, y, None, None, g_out, None, 0.25)
+        zz = z.copy()
+        s_in = c.elementwise(op, zz, y, None, None, zz, None, 0.25)
+    np.testing.assert_array_equal(g_out, g)
+    np.testing.assert_array_equal(zz, g)
+    assert s_gen == s_out == s_in or (np.isnan(s_gen) and np.isnan(s_out) and np.isnan(s_in))
