@@ -247,6 +247,72 @@ FL_INLINE double fl_exp_nonpos_m1_f32(float x, double *em1)
     return xc == -200.0f ? 0.0 : e;  /* exp(-inf) = 0 exactly */
 }
 
+/* exp(z - m) 2^100 in float arithmetic for floats z <= m (softmax rows of
+ * float32 logits, m the row max; numba's _math.exp_scaled_f32 plus the
+ * rounding error of z - m), ~1 float ulp.  The 2^100 keeps e normal down to
+ * z - m = -156; below -150 the result is 0 (e / S < 2^-216 rounds to 0 in
+ * float and is nothing next to S >= 1).  NaN never comes here (NaN rows are
+ * handled apart). */
+FL_INLINE float fl_exp_scaled_f32(float z, float m)
+{
+    const float shifter = 0x1.8p23f;  /* adding it rounds to an integer */
+    float x = z - m;
+    /* TwoSum: x + dx = z - m exactly (z - m rounds by up to |x| 2^-24, which
+     * e would inherit relative; finite z, m whenever x >= -150) */
+    float bv = x - z;
+    float dx = (z - (x - bv)) - (m + bv);
+    int big = x >= -150.0f;
+    float xc = big ? x : -150.0f;
+    float kf = (xc * 0x1.715476p0f + shifter) - shifter;
+    /* ln2 = 0.693359375 - 2.12194440e-4: kf * the high part is exact */
+    float r = (xc - kf * 0.693359375f) + (dx - kf * -2.12194440e-4f);  /* |r| <= 0.347 */
+    float p = 1.0f / 5040.0f;  /* Taylor degree 7: truncation < 0.1 float ulp */
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    float pm = (p * r) * r + r;  /* expm1(r): small terms before the leading 1 */
+    int32_t sb = ((int32_t)kf + 227) * (1 << 23);  /* 2^(k + 100), k >= -217: normal */
+    float sc;
+    memcpy(&sc, &sb, 4);
+    float e = (pm + 1.0f) * sc;
+    return big ? e : 0.0f;
+}
+
+/* Sum of float v[0..m) in double, fixed order: lane q of two 8-lane
+ * accumulators takes j % 16 == q (resp. 8 + q), then a fixed tree (as
+ * fl_sum, with enough lanes to keep up with float loads). */
+#if defined(__GNUC__)
+typedef double fl_v8 __attribute__((vector_size(64)));
+typedef float fl_f8 __attribute__((vector_size(32)));
+#endif
+FL_INLINE double fl_sum_f32(const float *v, int64_t m)
+{
+    double acc[16] = {0};
+    int64_t j = 0;
+#if defined(__GNUC__)
+    fl_v8 a = {0}, b = {0};
+    for (; j + 16 <= m; j += 16) {
+        fl_f8 x, y;
+        memcpy(&x, v + j, sizeof x);
+        memcpy(&y, v + j + 8, sizeof y);
+        a += __builtin_convertvector(x, fl_v8);
+        b += __builtin_convertvector(y, fl_v8);
+    }
+    memcpy(acc, &a, sizeof a);
+    memcpy(acc + 8, &b, sizeof b);
+#endif
+    for (; j + 16 <= m; j += 16)
+        for (int q = 0; q < 16; q++)
+            acc[q] += (double)v[j + q];
+    for (; j < m; j++)
+        acc[j & 15] += (double)v[j];
+    for (int q = 0; q < 8; q++)
+        acc[q] += acc[q + 8];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
 /* log1p(u) for float u in [0, 1] (or NaN) in float arithmetic, ~1 ulp:
  * u >= 1/2 goes through ln2 + log1p((u - 1)/2) (exact, Sterbenz), then the
  * atanh series in t = 2v/(2+v), 5 terms for |t| <= 0.29. */

@@ -16,6 +16,9 @@
 #include <stdlib.h>
 
 #define FL_ROW_MIN_PER_THREAD 65536  /* elements per thread before threads pay off */
+#define FL_SMALL_C 32  /* plain cross-entropy rows up to this long go by blocks, class-major */
+#define FL_F32_ROW_MIN 32  /* float32 exp path from this row length: shorter rows pay its extra loops */
+#define FL_RB 256      /* rows per short-row block: its float64 copy (<= 64 KiB) stays in L2 */
 
 typedef struct {
     const void *z, *probs, *w;
@@ -42,14 +45,38 @@ FL_INLINE double fl_target_term(double a, double z, double m)
     return huge ? 2.0 * fl_mul0(a, 0.5 * z - 0.5 * m) : fl_mul0(a, sh);
 }
 
+/* Doubles of row work buffer: e; softmax_mse adds its block partials. */
+FL_INLINE int64_t fl_row_buf_len(const fl_sm_ctx *c)
+{
+    return c->op_mse ? c->C + 2 * ((c->C + 63) / 64) : c->C;
+}
+
+/* FL_IT: the signed integer of T's width, for the order-preserving keys
+ * of the max pass (see fl_softmax_kern.h) */
 #define T float
 #define SFX f32
+#define FL_IT int32_t
+#define FL_IT_MIN INT32_MIN
+#define FL_IT_SHIFT 31
+#define FL_IT_MAG INT32_C(0x7fffffff)
 #include "fl_softmax_impl.h"
 #undef T
 #undef SFX
+#undef FL_IT
+#undef FL_IT_MIN
+#undef FL_IT_SHIFT
+#undef FL_IT_MAG
 
 #define T double
 #define SFX f64
+#define FL_IT int64_t
+#define FL_IT_MIN INT64_MIN
+#define FL_IT_SHIFT 63
+#define FL_IT_MAG INT64_C(0x7fffffffffffffff)
 #include "fl_softmax_impl.h"
 #undef T
 #undef SFX
+#undef FL_IT
+#undef FL_IT_MIN
+#undef FL_IT_SHIFT
+#undef FL_IT_MAG

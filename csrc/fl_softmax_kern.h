@@ -29,6 +29,42 @@ FL_INLINE double FL_V(fl_exp_row)(const T *restrict z, double m, int64_t am, int
     return s1;
 }
 
+/* Cross-entropy of a float32 row (labels, no smoothing, finite max m; a
+ * float rows only): e 2^100 = exp(z - m) 2^100 in float arithmetic into the
+ * float buffer eb (16 lanes, not 8), S' summed in double in a second pass,
+ * and the bulk gradient one double product per entry (every a_k but the
+ * label's is 0: g = p A scale). */
+FL_INLINE void FL_V(fl_ce_row_f32)(const fl_sm_ctx *c, const T *z, T *g, int64_t y, double m, int64_t am,
+                                   float *restrict eb, double *loss)
+{
+    const int64_t C = c->C;
+    const float m32 = (float)m;  /* m is a float value: exact */
+    for (int64_t k = 0; k < C; k++)
+        eb[k] = fl_exp_scaled_f32((float)z[k], m32);
+    /* S' leaves out e_am (2^100 scaled): log1p(S') keeps what 1 + S' rounds off */
+    eb[am] = 0.0f;
+    double s1 = fl_sum_f32(eb, C) * 0x1p-100;  /* exact: a power of 2 */
+    eb[am] = 0x1p100f;
+    double S = 1.0 + s1;
+    double q = s1 / S;  /* 1 - p_argmax, never formed as a difference */
+    double A = c->w != NULL ? (double)((const T *)c->w)[y] : 1.0;
+    double Ar = y == am ? 0.0 : A;
+    /* z[y] read before the gradient is written (g may be z) */
+    *loss = A * fl_log1p_nonneg(s1) - fl_target_term(A, (double)z[y], m);
+    if (g == NULL)
+        return;
+    double sc = c->scale;
+    double rs = 0x1p-100 / S;  /* p = e 2^100 rs */
+    double cg = rs * A * sc;   /* in double: the 2^-100 cannot underflow, one rounding */
+    double py = (double)eb[y] * rs;
+    for (int64_t k = 0; k < C; k++)
+        g[k] = (T)((double)eb[k] * cg);
+    if (y != am)
+        g[y] = (T)(sc * (py * A - A));
+    /* argmax entry: p A - a = A' - A q, exact when p rounds to 1 */
+    g[am] = (T)(sc * (Ar - A * q));
+}
+
 /* sum_k a_k (z_k - m) with a_k = t_k w_k, A = sum_k a_k, and A' = the sum
  * of a_k over k != am (the argmax gradient sums it, never forms A - a_am) */
 FL_INLINE double FL_V(fl_target_dot)(const T *restrict z, double m, const T *restrict pr, int64_t y,
@@ -48,42 +84,65 @@ FL_INLINE double FL_V(fl_target_dot)(const T *restrict z, double m, const T *res
     return dot;
 }
 
-static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
+/* Row r, with the work buffer eb (fl_row_buf_len doubles, NULL when out of
+ * memory). */
+static FL_ATTR void FL_V(fl_row)(const fl_sm_ctx *c, int64_t r, double *eb)
 {
-    const fl_sm_ctx *c = vctx;
     const int64_t C = c->C;
     const T *w = c->w;
     double keep = 1.0 - c->smoothing, spread = c->smoothing / (double)C;
-    double *eb = malloc(sizeof(double) * (size_t)(c->op_mse ? C + 2 * ((C + 63) / 64) : C));  /* e; softmax_mse: + partials */
-    for (int64_t r = r0; r < r1; r++) {
+    {
         const T *restrict z = (const T *)c->z + r * C;
         const T *restrict pr = c->probs != NULL ? (const T *)c->probs + r * C : NULL;
         T *g = c->g != NULL ? (T *)c->g + r * C : NULL;
         int64_t y = c->labels != NULL ? c->labels[r] : -1;
         int valid = c->labels == NULL || y != c->ignore_index;
 
-        /* pass 1: NaN flag and max (vectorisable), then first argmax */
-        T mx = -__builtin_inf();
+        /* pass 1: NaN flag and max, then first argmax.  The max is an
+         * integer max of order-preserving keys of the bits (gcc does not
+         * vectorise a float max reduction without -ffast-math); NaN rows
+         * leave here, so their keys never matter. */
+        FL_IT kmax = FL_IT_MIN;
         int nan = 0;
         for (int64_t k = 0; k < C; k++) {
+            FL_IT b;
+            memcpy(&b, &z[k], sizeof b);
             nan |= z[k] != z[k];
-            mx = z[k] > mx ? z[k] : mx;
+            b ^= (b >> FL_IT_SHIFT) & FL_IT_MAG;  /* negative: flip the magnitude bits */
+            kmax = b > kmax ? b : kmax;
         }
+        kmax ^= (kmax >> FL_IT_SHIFT) & FL_IT_MAG;
+        T mx;
+        memcpy(&mx, &kmax, sizeof mx);
         if (nan) {  /* NaN anywhere in the row: NaN loss and gradient */
             c->loss[r] = __builtin_nan("");
             FL_V(fl_fill)(g, C, __builtin_nan(""));
-            continue;
+            return;
         }
         /* ignored row, or every class masked (-inf): loss 0, gradient 0 */
         if (!valid || mx == -__builtin_inf() || eb == NULL) {
             c->loss[r] = eb == NULL ? __builtin_nan("") : 0.0;  /* NaN flags out-of-memory */
             FL_V(fl_fill)(g, C, eb == NULL ? __builtin_nan("") : 0.0);
-            continue;
+            return;
         }
-        int64_t am = 0;
-        while (z[am] != mx)
-            am++;
+        int64_t am = 0;  /* first index holding mx: test 16 entries at once, then scan that block */
+        for (int64_t b0 = 0; b0 < C; b0 += 16) {
+            int64_t b1 = C - b0 < 16 ? C : b0 + 16;
+            int hit = 0;
+            for (int64_t k = b0; k < b1; k++)
+                hit |= z[k] == mx;
+            if (hit) {
+                am = b0;
+                while (z[am] != mx)
+                    am++;
+                break;
+            }
+        }
         double m = mx;
+        if (sizeof(T) == 4 && C >= FL_F32_ROW_MIN && !c->op_mse && c->probs == NULL && spread == 0.0 && m < __builtin_inf()) {
+            FL_V(fl_ce_row_f32)(c, z, g, y, m, am, (float *)eb, &c->loss[r]);
+            return;
+        }
 
         /* pass 2 */
         double s1 = FL_V(fl_exp_row)(z, m, am, C, eb);
@@ -109,7 +168,7 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
              * dominant label (p -> 1) loses nothing to cancellation */
             c->loss[r] = A * fl_log1p_nonneg(s1) - dot;
             if (g == NULL)
-                continue;
+                return;
             if (plain) {
                 for (int64_t k = 0; k < C; k++)
                     g[k] = (T)(sc * (FL_P(k) * A));
@@ -172,7 +231,7 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
             l += lT;
             c->loss[r] = l;
             if (g == NULL)
-                continue;
+                return;
             double V = fl_pairwise_inplace(vb, nblk);  /* u_j - sum p u cancels: an accurate sum */
             /* U_T = p_max W_T - WT_T cancels when a tied class is the label;
              * with tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau */
@@ -194,8 +253,114 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
             }
         }
     }
-    free(eb);
 }
 #undef FL_P
+
+static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
+{
+    const fl_sm_ctx *c = vctx;
+    double *eb = malloc(sizeof(double) * (size_t)fl_row_buf_len(c));
+    for (int64_t r = r0; r < r1; r++)
+        FL_V(fl_row)(c, r, eb);
+    free(eb);
+}
+
+/* Plain cross-entropy on short rows (labels, no weights, no smoothing, C <=
+ * FL_SMALL_C; mirrors numba's _ce_small_block): per-row passes over a few
+ * classes are all overhead, so a block of FL_RB rows is transposed once
+ * into E (class-major) and every pass is a contiguous vector loop across
+ * rows.  Rows needing the general treatment (NaN, +-inf max, ignored label)
+ * keep z in the gradient here and are redone by fl_row afterwards, so the
+ * in-place call gives the same bits.  Blocks are the unit of threading: a
+ * row's result depends only on the row. */
+static FL_ATTR void FL_V(fl_rows_small)(void *vctx, int64_t b0, int64_t b1)
+{
+    const fl_sm_ctx *c = vctx;
+    const int64_t C = c->C, R = c->R;
+    const double sc = c->scale;
+    double m[FL_RB], zy[FL_RB], s1[FL_RB], rs[FL_RB];
+    int64_t am[FL_RB];
+    int special[FL_RB];
+    double *E = malloc(sizeof(double) * (size_t)(C * FL_RB + C));  /* the block, then fl_row's buffer */
+    if (E == NULL) {  /* fl_row flags out-of-memory with NaN */
+        for (int64_t r = b0 * FL_RB; r < R && r < b1 * FL_RB; r++)
+            FL_V(fl_row)(c, r, NULL);
+        return;
+    }
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t r0 = b * FL_RB;
+        const int nb = (int)(R - r0 < FL_RB ? R - r0 : FL_RB);
+        const T *zb = (const T *)c->z + r0 * C;
+        T *gb = c->g != NULL ? (T *)c->g + r0 * C : NULL;
+        const int64_t *lab = c->labels + r0;
+        double *restrict Er = E;
+        for (int i = 0; i < nb; i++) {
+            int64_t y = lab[i];
+            zy[i] = (double)zb[i * C + (y >= 0 && y < C ? y : 0)];  /* read before the gradient is written */
+            int nan = 0;
+            for (int64_t k = 0; k < C; k++) {
+                double v = (double)zb[i * C + k];
+                Er[k * FL_RB + i] = v;
+                nan |= v != v;
+            }
+            special[i] = nan;
+        }
+        /* max and first argmax by selects (a NaN never wins; flagged below) */
+        for (int i = 0; i < nb; i++) {
+            m[i] = Er[i];
+            am[i] = 0;
+        }
+        for (int64_t k = 1; k < C; k++)
+            for (int i = 0; i < nb; i++) {
+                double v = Er[k * FL_RB + i];
+                int gt = v > m[i];
+                am[i] = gt ? k : am[i];
+                m[i] = gt ? v : m[i];
+            }
+        int nspecial = 0;
+        for (int i = 0; i < nb; i++) {
+            special[i] |= !(m[i] < __builtin_inf() && m[i] > -__builtin_inf()) || lab[i] == c->ignore_index;
+            nspecial += special[i];
+            s1[i] = 0.0;
+        }
+        /* e = exp(z - m) in [0, 1] and S' = the sum without the argmax */
+        for (int64_t k = 0; k < C; k++)
+            for (int i = 0; i < nb; i++) {
+                double e = fl_exp_nonpos(Er[k * FL_RB + i] - m[i], sizeof(T) == 4);
+                Er[k * FL_RB + i] = e;
+                s1[i] += k == am[i] ? 0.0 : e;
+            }
+        /* loss = log S - (z_y - m), S = 1 + S': two terms >= 0, no cancellation */
+        for (int i = 0; i < nb; i++) {
+            c->loss[r0 + i] = fl_log1p_nonneg(s1[i]) - (zy[i] - m[i]);
+            rs[i] = 1.0 / (1.0 + s1[i]);
+        }
+        if (gb != NULL) {
+            /* (p - onehot(y)) scale with p = e / S, transposed back; flagged
+             * rows keep z (a select): in place, fl_row still reads them */
+            for (int64_t k = 0; k < C; k++)
+                for (int i = 0; i < nb; i++)
+                    Er[k * FL_RB + i] = (Er[k * FL_RB + i] * rs[i]) * sc;
+            for (int i = 0; i < nb; i++) {
+                int sp = special[i];
+                for (int64_t k = 0; k < C; k++)
+                    gb[i * C + k] = sp ? zb[i * C + k] : (T)Er[k * FL_RB + i];
+            }
+            for (int i = 0; i < nb; i++) {
+                if (special[i])
+                    continue;
+                int64_t y = lab[i];
+                if (y == am[i])  /* p_y - 1 = -S'/S, never formed as a difference */
+                    gb[i * C + y] = (T)(-(s1[i] * rs[i]) * sc);
+                else  /* p_y <= 1/2 here: p_y - 1 has no cancellation */
+                    gb[i * C + y] = (T)(Er[y * FL_RB + i] - sc);
+            }
+        }
+        for (int i = 0; nspecial > 0 && i < nb; i++)
+            if (special[i])
+                FL_V(fl_row)(c, r0 + i, E + C * FL_RB);
+    }
+    free(E);
+}
 
 #undef FL_V
