@@ -25,11 +25,12 @@ NAME = "numba"
 
 _SM_OPS = {"softmax_cross_entropy": _sm.CE, "softmax_mse": _sm.SMSE}
 #: Up to these sizes the calling thread works alone: waking numba's pool
-#: costs 20-150 us (more when the other core is busy), which a 2-core
+#: costs ~30 us here (more when the other core is busy), which a 2-core
 #: machine only wins back above these sizes (measured by timing the serial
-#: against the parallel kernel, float32: sigmoid_bce breaks even near 2**18,
-#: mse -- memory-bound, cheap per element -- near 2**20, CE near 2**17).
-SERIAL_ELEMENTS = {"mse": 1 << 20, "sigmoid_mse": 1 << 18, "sigmoid_bce": 1 << 18}
+#: against the parallel kernel, float32, 16Ki-element chunks: sigmoid_bce
+#: gains from 2**16, sigmoid_mse breaks even at 2**16, mse -- memory-bound,
+#: cheap per element -- not before 2**20, CE near 2**17).
+SERIAL_ELEMENTS = {"mse": 1 << 20, "sigmoid_mse": 1 << 16, "sigmoid_bce": 1 << 15}
 SERIAL_SOFTMAX = 1 << 17
 # float32 gradient rows hold exp(z - m) * 2**100: an e below float32's normal
 # range stays exact until the final rescale (2**100 * 1 cannot overflow).

@@ -21,7 +21,7 @@ from ._math import (SMALL_Z, add_reassoc, is_f32, log1p01, log1p01_f32, mul0, si
                     sigmoid_parts_f32)
 
 BLOCK = 1024
-CHUNK = 64 * BLOCK
+CHUNK = 16 * BLOCK
 MSE, SIGMOID_MSE, SIGMOID_BCE = 0, 1, 2
 _TINY_E = 2.0 ** -25
 
