@@ -136,8 +136,11 @@ class Torch:
         self.torch = torch
         self._cache = {}
 
-    def _fn(self, op, reduction):
-        key = (op, reduction)
+    def _fn(self, op, reduction, case=None):
+        # torch.compile: one compiled function per case (op, shape, dtype,
+        # grad mode); a shared one recompiles per case and past dynamo's
+        # recompile limit silently falls back to eager
+        key = (op, reduction) + ((case,) if self.compiled else ())
         if key not in self._cache:
             f = _torch_loss(op, reduction)
             self._cache[key] = self.torch.compile(f) if self.compiled else f
@@ -145,7 +148,7 @@ class Torch:
 
     def prepare(self, op, z, y, grad=True):
         torch = self.torch
-        f = self._fn(op, "mean")
+        f = self._fn(op, "mean", (z.shape, z.dtype.str, grad))
         zt = torch.from_numpy(z)
         yt = torch.from_numpy(y)
         if not grad:
@@ -173,6 +176,15 @@ class Torch:
 class TorchCompile(Torch):
     name = "torch.compile"
     compiled = True
+
+    def __init__(self):
+        super().__init__()
+        # dynamo keys its cache on the code object, which every case shares:
+        # past the default limit (8) it silently runs eager
+        cfg = self.torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(getattr(cfg, name), 1024))
 
 
 # --------------------------------------------------------------------------
