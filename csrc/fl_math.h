@@ -219,6 +219,19 @@ FL_INLINE void fl_sigmoid_pair(double z, int lp, double *s, double *sn, double *
  * rest in double so the result is rounded once (mirrors the numba backend's
  * _math.exp_em1_f32 / sigmoid_parts_f32 / log1p01_f32). ---- */
 
+/* expm1(r) - r in float for |r| <= 0.347: r^2 times the Taylor series to
+ * degree 7 (truncation < 0.1 float ulp) */
+FL_INLINE float fl_em1_tail_f32(float r)
+{
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    return (p * r) * r;
+}
+
 /* exp(x) and expm1(x) for float x <= 0 as double *values*: the float
  * mantissa times an exact double 2^k, so results below float's normal range
  * keep 24 bits.  < 1 float ulp; *em1 only for -1 <= x <= 0.  Clamped at -200:
@@ -233,13 +246,7 @@ FL_INLINE double fl_exp_nonpos_m1_f32(float x, double *em1)
     double kd = (double)kf;
     double r = ((double)xc - kd * 0x1.62e42fefa3800p-1) - kd * 0x1.ef35793c7673p-45;  /* |r| <= 0.347 */
     float rf = (float)r;
-    float p = 1.0f / 5040.0f;  /* Taylor degree 7: truncation < 0.1 float ulp */
-    p = p * rf + 1.0f / 720.0f;
-    p = p * rf + 1.0f / 120.0f;
-    p = p * rf + 1.0f / 24.0f;
-    p = p * rf + 1.0f / 6.0f;
-    p = p * rf + 0.5f;
-    double pm = (double)((p * rf) * rf) + r;  /* expm1(r) */
+    double pm = (double)fl_em1_tail_f32(rf) + r;  /* expm1(r) */
     int64_t k = kf == kf ? (int64_t)kf : 0;  /* NaN: any k (pm is NaN) */
     double sc = fl_from_bits((uint64_t)(k + 1023) << 52);
     *em1 = sc * pm + (sc - 1.0);
@@ -266,13 +273,7 @@ FL_INLINE float fl_exp_scaled_f32(float z, float m)
     float kf = (xc * 0x1.715476p0f + shifter) - shifter;
     /* ln2 = 0.693359375 - 2.12194440e-4: kf * the high part is exact */
     float r = (xc - kf * 0.693359375f) + (dx - kf * -2.12194440e-4f);  /* |r| <= 0.347 */
-    float p = 1.0f / 5040.0f;  /* Taylor degree 7: truncation < 0.1 float ulp */
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    float pm = (p * r) * r + r;  /* expm1(r): small terms before the leading 1 */
+    float pm = fl_em1_tail_f32(r) + r;  /* expm1(r): small terms before the leading 1 */
     int32_t sb = ((int32_t)kf + 227) * (1 << 23);  /* 2^(k + 100), k >= -217: normal */
     float sc;
     memcpy(&sc, &sb, 4);

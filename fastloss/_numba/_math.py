@@ -168,6 +168,19 @@ _F32_ROUND = np.float32(12582912.0)  # 1.5 * 2**23: round to integer
 
 
 @jit_fma
+def _em1_tail_f32(r):
+    """``expm1(r) - r`` in float32 for ``|r| <= 0.347``: r^2 times the Taylor
+    series to degree 7 (truncation 5e-9 relative, < 0.1 float32 ulp)."""
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    return (p * r) * r
+
+
+@jit_fma
 def exp_em1_f32(x):
     """``(exp(x), expm1(x))`` for float32 ``x <= 0``: float32 polynomial, < 1 float32 ulp.
 
@@ -188,14 +201,7 @@ def exp_em1_f32(x):
     kd = np.float64(kf)
     r = (np.float64(x) - kd * _LN2_HI) - kd * _LN2_LO  # |r| <= 0.347
     rf = np.float32(r)
-    # Taylor to degree 7: truncation 5e-9 relative, < 0.1 float32 ulp.
-    p = np.float32(1.0 / 5040.0)
-    p = p * rf + np.float32(1.0 / 720.0)
-    p = p * rf + np.float32(1.0 / 120.0)
-    p = p * rf + np.float32(1.0 / 24.0)
-    p = p * rf + np.float32(1.0 / 6.0)
-    p = p * rf + np.float32(0.5)
-    pm = np.float64((p * rf) * rf) + r  # expm1(r)
+    pm = np.float64(_em1_tail_f32(rf)) + r  # expm1(r)
     k = np.int64(kf) if kf == kf else np.int64(0)  # NaN: any k (pm is NaN)
     sc = np.int64((k + 1023) << 52).view(np.float64)  # 2**k, exact in float64
     e = (pm + 1.0) * sc
@@ -217,13 +223,7 @@ def exp_scaled_f32(x):
     x = x if big else np.float32(-150.0)
     kf = (x * _F32_LOG2E + _F32_ROUND) - _F32_ROUND
     r = (x - kf * _F32_LN2_HI) - kf * _F32_LN2_LO  # |r| <= 0.347
-    p = np.float32(1.0 / 5040.0)
-    p = p * r + np.float32(1.0 / 720.0)
-    p = p * r + np.float32(1.0 / 120.0)
-    p = p * r + np.float32(1.0 / 24.0)
-    p = p * r + np.float32(1.0 / 6.0)
-    p = p * r + np.float32(0.5)
-    pm = (p * r) * r + r
+    pm = _em1_tail_f32(r) + r  # expm1(r)
     sc = np.int32((np.int32(kf) + 227) << 23).view(np.float32)  # 2**(k + 100), k >= -217
     e = (pm + _F1) * sc
     return e if big else np.float32(0.0)
