@@ -421,3 +421,23 @@ def test_log1p_pos_against_numpy():
     got = np.array([log1p_pos(v) for v in s])
     want = np.log1p(s)
     assert (np.abs(got - want) <= 2 * np.spacing(want)).all()
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("op", R.ELEMENTWISE_OPS)
+def test_reduced_loss_same_bits_for_every_call_form(op, dt):
+    """Ordinary (all finite) inputs over several chunks: the reduced loss has
+    the same bits with a gradient (the plain kernels), without one, with
+    weights of 1, and with the gradient written over z."""
+    rng = np.random.default_rng(17)
+    n = 3 * 16384 + 77
+    z = (rng.standard_normal(n) * 4).astype(dt)
+    y = rng.random(n).astype(dt)
+    g = np.empty_like(z)
+    tot = B.elementwise(op, z, y, None, None, g, None, 0.5)
+    assert np.isfinite(tot)
+    assert B.elementwise(op, z, y, None, None, None, None, 0.5) == tot
+    assert B.elementwise(op, z, y, np.ones(1, dt), None, g.copy(), None, 0.5) == tot
+    zz = z.copy()
+    assert B.elementwise(op, zz, y, None, None, zz, None, 0.5) == tot
+    np.testing.assert_array_equal(zz, g)

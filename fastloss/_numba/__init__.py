@@ -70,10 +70,11 @@ def elementwise(op, z, y, w, pw, grad, loss, scale):
         e = _e1(z.dtype)
     n = z.size
     nchunks = -(-n // _ew.CHUNK)
-    # plain kernels may re-read z and y after writing the gradient (a block
-    # whose float32 loss sum overflowed): only for a gradient not over them
+    # float32 plain kernels may re-read z and y after writing the gradient (a
+    # block whose float32 loss sum overflowed): only for a gradient not over them
     plain = (w is None and pw is None and grad is not None and loss is None
-             and not np.may_share_memory(grad, z) and not np.may_share_memory(grad, y))
+             and (z.dtype != np.float32
+                  or not (np.may_share_memory(grad, z) or np.may_share_memory(grad, y))))
     serial, parallel = _ew.KERNELS[op][plain]
     w = e if w is None else w
     pw = e if pw is None else pw

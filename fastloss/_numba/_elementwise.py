@@ -2,10 +2,11 @@
 
 Layout: the input is cut into fixed chunks of :data:`CHUNK` elements (the
 unit of parallel work) and each chunk into blocks of :data:`BLOCK` (the unit
-held in L1).  A chunk's per-element losses are summed in float64 in an order
-fixed by the compiled loop (vector partial sums); chunk sums are added in
-chunk order.  The reduced loss is therefore bitwise identical for any thread
-count and on the serial and parallel paths (``tests/test_numba_backend.py``).
+held in L1).  A block's per-element losses go to a small buffer and are
+summed in float64 in a fixed order; chunk sums are added in chunk order.
+The reduced loss is therefore bitwise identical for any thread count, on the
+serial and parallel paths and with or without a gradient, in place or not
+(``tests/test_numba_backend.py``).
 
 float32 inputs take float32 exp/log1p and a float32 division refined in
 float64 (:func:`._math.sigmoid_parts_f32`): twice the vector width where the
@@ -17,8 +18,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_inline, kernel, parallel_kernel
-from ._math import (SMALL_Z, add_reassoc, is_f32, log1p01, log1p01_f32, mul0, sigmoid_parts,
-                    sigmoid_parts_f32)
+from ._math import SMALL_Z, is_f32, log1p01, log1p01_f32, mul0, sigmoid_parts, sigmoid_parts_f32
 
 BLOCK = 1024
 CHUNK = 16 * BLOCK
@@ -38,25 +38,30 @@ def _fill_periodic(buf, a, i0, nb):
             j = 0
 
 
+_LANES = 16
+
+
 @jit
-def _block_sum32(buf, nb):
-    """Sum float32 ``buf[:nb]`` in float64, 8 interleaved accumulators (fixed order)."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+def _block_sum(buf, nb):
+    """Sum ``buf[:nb]`` in float64 in a fixed order: lane j adds buf[j], buf[j + 16], ...
+
+    Each lane is its own sequential sum, so the order is fixed by this code,
+    not by the compiler (no reassociation), yet the lane loop vectorises.
+    """
+    acc = np.zeros(_LANES)
     t = 0
-    while t + 8 <= nb:
-        a0 += np.float64(buf[t])
-        a1 += np.float64(buf[t + 1])
-        a2 += np.float64(buf[t + 2])
-        a3 += np.float64(buf[t + 3])
-        a4 += np.float64(buf[t + 4])
-        a5 += np.float64(buf[t + 5])
-        a6 += np.float64(buf[t + 6])
-        a7 += np.float64(buf[t + 7])
-        t += 8
-    while t < nb:
-        a0 += np.float64(buf[t])
-        t += 1
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+    while t + _LANES <= nb:
+        for j in range(_LANES):
+            acc[j] += np.float64(buf[t + j])
+        t += _LANES
+    for j in range(nb - t):
+        acc[j] += np.float64(buf[t + j])
+    w = _LANES
+    while w > 1:  # pairwise: lanes j and j + w/2
+        w //= 2
+        for j in range(w):
+            acc[j] += acc[j + w]
+    return acc[0]
 
 
 @jit_inline
@@ -121,13 +126,18 @@ def _chunk(op, plain, z, y, w, pw, grad, loss, scale, c):
     has_l = False if plain else loss.size > 0
     c2 = 2.0 * scale  # MSE factor 2 folded into the scale
     f32 = is_f32(z)  # constant: float32 transcendentals for float32 inputs
-    # Plain float32 sigmoid ops keep a block's losses in a float32 buffer: a
-    # float64 value carried in the loop (a store or a running sum) caps
-    # LLVM's vector width at 4 lanes (measured 25-30% slower).  A loss above
-    # float32's range makes the block sum inf: that block is summed again in
-    # float64 from z and y (plain calls never write the gradient over z).
-    buf32 = plain and f32 and op != MSE
-    lb = np.empty(BLOCK if buf32 else 0, np.float32)
+    # A block's losses go to a buffer in z's dtype and are summed in a fixed
+    # order, the same in every kernel variant: the reduced loss has the same
+    # bits with or without a gradient, in place or not.  (A float64 value
+    # carried in a float32 loop -- a store or a running sum -- would cap
+    # LLVM's vector width at 4 lanes.)  A float32 loss above float32's range
+    # makes the block sum inf: that block is summed again in float64 from z
+    # and y, so a gradient that may lie over them (general float32 calls;
+    # plain calls never alias) is staged and written after the block.
+    lb = np.empty(BLOCK, np.float64 if op == MSE else z.dtype)  # mse: float64 math anyway
+    ovf = f32 and op != MSE  # a float32 loss buffer can overflow
+    stage = ovf and has_g and not plain
+    gs = np.empty(BLOCK if stage else 0, z.dtype)
     acc = 0.0
     for b0 in range(i_lo, i_hi, BLOCK):
         nb = min(BLOCK, i_hi - b0)
@@ -146,23 +156,22 @@ def _chunk(op, plain, z, y, w, pw, grad, loss, scale, c):
         for t in range(nb):
             li, gi = _elem(op, plain, f32, zb[t], yb[t], 0.0 if plain else wv[t], 0.0 if plain else pv[t],
                            scale, c2)
-            # One float64 sum per chunk; reassociation lets LLVM keep vector
-            # partial sums, in an order fixed at compile time, not by threads.
-            if buf32:
-                lb[t] = np.float32(li)
-            else:
-                acc = add_reassoc(acc, li)
-            if has_g:
-                gb[t] = gi  # z[i] was read above: grad may alias z
+            lb[t] = li
+            if stage:
+                gs[t] = gi
+            elif has_g:
+                gb[t] = gi  # z[i] was read above: grad may alias z (float64)
             if has_l:
                 lv[t] = li
-        if buf32:
-            bs = _block_sum32(lb, nb)
-            if bs == np.inf:  # overflowed float32 (or a true inf): redo in float64
-                bs = 0.0
-                for t in range(nb):
-                    bs += _elem(op, plain, f32, zb[t], yb[t], 0.0, 0.0, scale, c2)[0]
-            acc += bs
+        bs = _block_sum(lb, nb)
+        if ovf and bs == np.inf:  # overflowed float32 (or a true inf): redo in float64
+            bs = 0.0
+            for t in range(nb):
+                bs += _elem(op, plain, f32, zb[t], yb[t], 0.0 if plain else wv[t], 0.0 if plain else pv[t],
+                            scale, c2)[0]
+        acc += bs
+        if stage:
+            gb[:] = gs[:nb]
     return acc
 
 
