@@ -376,7 +376,7 @@ def log1p_pos(s):
 
 
 @jit_inline
-def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, zy, s1, rs, E, special):
+def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, zy, s1, rs, E, special, nan, mz):
     """Plain cross-entropy of rows ``r0:r1`` (at most ``_RB``), each pass across rows.
 
     Returns the number of rows flagged for :func:`_row` (their outputs here
@@ -387,24 +387,33 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
     f32 = is_f32(z)  # constant: shorter exp series for float32 rows
     # the block transposed into E (class-major): every pass below then runs
     # over contiguous rows-vectors instead of stride-C gathers
-    nan = np.zeros(_RB, np.bool_)
     for i in range(nb):
         y = labels[r0 + i]
         zy[i] = np.float64(z[r0 + i, y if 0 <= y < C else 0])  # read before grad is written
-        for k in range(C):
-            v = z[r0 + i, k]
-            E[k, i] = v
-            nan[i] |= v != v
-    for i in range(nb):
-        m[i] = np.float64(E[0, i])
-        am[i] = 0
-    # max pass: the first argmax (a NaN never wins a comparison; flagged below)
-    for k in range(1, C):
+    # class-major loops: contiguous stores (a row-major loop with the NaN
+    # test in it stayed scalar: ~2.5 ns/element against ~0.3)
+    zb = z[r0:r0 + nb]
+    for k in range(C):
         for i in range(nb):
-            v = np.float64(E[k, i])
-            gt = v > m[i]
+            E[k, i] = zb[i, k]
+    # max pass: the first argmax (a NaN never wins a comparison; flagged),
+    # in the block's dtype with int32 indices (same-width lanes vectorise
+    # best: float32 0.13 ns/element against 0.35 in float64/int64)
+    for i in range(nb):
+        v = E[0, i]
+        mz[i] = v
+        am[i] = 0
+        nan[i] = v != v
+    for k in range(1, C):
+        Ek = E[k]
+        for i in range(nb):
+            v = Ek[i]
+            nan[i] |= v != v
+            gt = v > mz[i]
             am[i] = k if gt else am[i]
-            m[i] = v if gt else m[i]
+            mz[i] = v if gt else mz[i]
+    for i in range(nb):
+        m[i] = mz[i]
     nspecial = 0
     for i in range(nb):
         bad = nan[i] or not (abs(m[i]) < _INF) or labels[r0 + i] == ignore_index
@@ -414,9 +423,12 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
     # exp pass: e = exp(z - m) in [0, 1] (float32 blocks: e * 2**100 in
     # float32 arithmetic, as in _row) and S' = the sum without the argmax
     if f32:
+        # mz, not float32(m[i]): the conversion in the loop kept it scalar
+        # (~1 ns/element against ~0.45)
         for k in range(C):
+            Ek = E[k]
             for i in range(nb):
-                E[k, i] = exp_scaled_f32(E[k, i] - np.float32(m[i]))
+                Ek[i] = exp_scaled_f32(Ek[i] - mz[i])
     else:
         for k in range(C):
             for i in range(nb):
@@ -437,13 +449,11 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
     # Flagged rows keep z (a select): in place, :func:`_row` still reads them
     for i in range(nb):
         rs[i] *= scale * esc_inv  # one float64 factor per row: a single rounding below
-    for k in range(C):
-        for i in range(nb):
-            E[k, i] = np.float64(E[k, i]) * rs[i]
     for i in range(nb):
         sp = special[i]
+        ri = rs[i]
         for k in range(C):
-            grad[r0 + i, k] = z[r0 + i, k] if sp else E[k, i]
+            grad[r0 + i, k] = z[r0 + i, k] if sp else np.float64(E[k, i]) * ri
     for i in range(nb):
         if special[i]:
             continue
@@ -452,7 +462,7 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
         if y == am[i]:  # p_y - 1 = -S'/S, never formed as a difference
             grad[r, y] = -(s1[i] / (1.0 + s1[i])) * scale
         else:  # p_y <= 1/2 here: p_y - 1 has no cancellation
-            grad[r, y] = np.float64(E[y, i]) - scale
+            grad[r, y] = np.float64(grad[r, y]) - scale  # p_y as stored above
     return nspecial
 
 
@@ -466,10 +476,12 @@ def _ce_small_rows(z, labels, ignore_index, grad, loss, scale, esc, b):
     zy = np.empty(_RB)
     s1 = np.empty(_RB)
     rs = np.empty(_RB)
-    am = np.empty(_RB, np.int64)
+    am = np.empty(_RB, np.int32)
     special = np.empty(_RB, np.bool_)
+    nan = np.empty(_RB, np.bool_)
+    mz = np.empty(_RB, z.dtype)  # the row maxima in z's dtype
     E = np.empty((C, _RB), z.dtype)  # the block, class-major, then e, then the gradient
-    ns = _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, zy, s1, rs, E, special)
+    ns = _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, zy, s1, rs, E, special, nan, mz)
     if ns:
         no_p = np.empty((0, 0), z.dtype)
         no_w = np.empty(0, z.dtype)
