@@ -23,7 +23,7 @@ from ._math import _LN2_HI, _LN2_LO, add_reassoc, exp, exp_scaled_f32, is_f32, m
 CE, SMSE = 0, 1
 _NAN = np.nan
 _INF = np.inf
-_FIND = 16  # argmax search: test 16 entries at once, then scan that block
+_FIND = 64  # argmax search: test 64 entries at once, then scan that block
 _KMIN = np.int64(-(2 ** 63))
 _MASK32 = np.int64(0x7FFFFFFF)
 _MASK64 = np.int64(0x7FFFFFFFFFFFFFFF)
@@ -82,17 +82,20 @@ def _copy_max(zr, wr):
         m = np.int64(kmax ^ ((kmax >> 63) & _MASK64)).view(np.float64)
     if m == -_INF:
         return m, 0, False
-    am = 0
-    for b0 in range(0, C, _FIND):  # first index holding m, 16 at a time
-        b1 = min(C, b0 + _FIND)
-        hit = False
-        for k in range(b0, b1):
-            hit |= np.float64(wr[k]) == m
+    # first index holding m: test _FIND entries at a time (a vector OR, in
+    # the row's dtype: m is one of its values, exact), then scan that block
+    mz = wr.dtype.type(m)
+    b0 = 0
+    while b0 + _FIND <= C:
+        hit = np.int32(0)
+        for k in range(b0, b0 + _FIND):
+            hit |= np.int32(wr[k] == mz)
         if hit:
-            am = b0
-            while np.float64(wr[am]) != m:
-                am += 1
             break
+        b0 += _FIND
+    am = b0
+    while am < C - 1 and wr[am] != mz:
+        am += 1
     return m, am, False
 
 
