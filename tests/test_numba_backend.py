@@ -373,11 +373,14 @@ def test_plain_float32_loss_above_float32_range(op):
     np.testing.assert_array_equal(zz, g)
 
 
+@pytest.mark.parametrize("op", ["softmax_cross_entropy", "softmax_mse"])
 @pytest.mark.parametrize("dt", DTYPES)
-def test_short_row_cross_entropy_path(dt):
-    """Plain cross-entropy with C <= SMALL_C runs across rows; rows needing the
-    general treatment (NaN, +-inf, ignored, masked label) are redone per row.
-    Many blocks (parallel path), against the reference, in place and not."""
+def test_short_row_path(dt, op):
+    """Plain cross-entropy / softmax_mse with C <= SMALL_C run across rows;
+    rows needing the general treatment (NaN, +-inf, ignored, masked label)
+    are redone per row; ties (one tied with the label, a whole row tied) and
+    a dominant class take the tie-aware formulas.  Many blocks (parallel
+    path), against the reference, in place and not, loss only."""
     from fastloss._numba import _softmax as S
 
     rng = np.random.default_rng(21)
@@ -395,21 +398,23 @@ def test_short_row_cross_entropy_path(dt):
     z[9] = 0.0
     z[10, 0] = 200.0  # dominant class, p_y -> 1
     labels[10] = 0
+    z[11, [2, 5]] = z[11].max() + 40  # two tied classes hold the mass, the label not among them
+    labels[11] = 0
     scale = 1.0 / R_
     g, l = np.empty_like(z), np.empty(R_)
     g2, l2 = np.empty_like(z), np.empty(R_)
     with np.errstate(invalid="ignore"):
-        B.softmax_rows("softmax_cross_entropy", z, labels, None, None, -100, 0.0, g, l, scale)
-        R.softmax_rows("softmax_cross_entropy", z, labels, None, None, -100, 0.0, g2, l2, scale)
+        B.softmax_rows(op, z, labels, None, None, -100, 0.0, g, l, scale)
+        R.softmax_rows(op, z, labels, None, None, -100, 0.0, g2, l2, scale)
     _close(l, l2, 0.0, dt, "loss")
     _close(g, g2, scale, dt, "grad")
     zz = z.copy()
     l3 = np.empty(R_)
-    B.softmax_rows("softmax_cross_entropy", zz, labels, None, None, -100, 0.0, zz, l3, scale)
+    B.softmax_rows(op, zz, labels, None, None, -100, 0.0, zz, l3, scale)
     np.testing.assert_array_equal(zz, g)
     np.testing.assert_array_equal(l3, l)
     l4 = np.empty(R_)
-    B.softmax_rows("softmax_cross_entropy", z, labels, None, None, -100, 0.0, None, l4, scale)
+    B.softmax_rows(op, z, labels, None, None, -100, 0.0, None, l4, scale)
     np.testing.assert_array_equal(l4, l)
 
 

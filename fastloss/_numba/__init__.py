@@ -24,6 +24,9 @@ from . import _softmax as _sm
 NAME = "numba"
 
 _SM_OPS = {"softmax_cross_entropy": _sm.CE, "softmax_mse": _sm.SMSE}
+#: op -> (serial, parallel) short-row kernels
+_SMALL = {"softmax_cross_entropy": (_sm.ce_small_serial, _sm.ce_small_parallel),
+          "softmax_mse": (_sm.smse_small_serial, _sm.smse_small_parallel)}
 #: Up to these sizes the calling thread works alone: waking numba's pool
 #: costs ~30 us here (more when the other core is busy), which a 2-core
 #: machine only wins back above these sizes (measured by timing the serial
@@ -94,10 +97,10 @@ def elementwise(op, z, y, w, pw, grad, loss, scale):
 def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale):
     """Fused softmax-row loss; see :mod:`fastloss.reference` for the contract."""
     dt = z.dtype
-    if (op == "softmax_cross_entropy" and z.shape[1] <= _sm.SMALL_C and labels is not None
-            and probs is None and w is None and smoothing == 0.0):
+    if (z.shape[1] <= _sm.SMALL_C and labels is not None and probs is None and w is None
+            and smoothing == 0.0):
         # short rows, the plain call: vectorised across rows
-        kern = _sm.ce_small_serial if z.size <= SERIAL_SOFTMAX else _sm.ce_small_parallel
+        kern = _SMALL[op][z.size > SERIAL_SOFTMAX]
         with _jit.run_lock():
             kern(z, labels, int(ignore_index), _e2(dt) if grad is None else grad, loss, float(scale), _ESC[dt])
         return

@@ -331,7 +331,7 @@ def softmax_parallel(op, z, labels, probs, w, ignore_index, eps, grad, loss, sca
 
 
 # --------------------------------------------------------------------------
-# Plain cross-entropy on short rows (labels, no weights, no smoothing, C <=
+# Plain cross-entropy and softmax_mse on short rows (labels, no weights, no smoothing, C <=
 # SMALL_C): per-row passes of a few classes are all overhead (scalar max,
 # branches, a libm log1p: ~180 ns a row of 10).  Here a block of rows is
 # processed class by class, each loop running *across rows*, so every pass
@@ -378,21 +378,31 @@ def log1p_pos(s):
     return kd * _LN2_HI - ((hf - (t * (hf + 2.0 * z * q) + (kd * _LN2_LO + c))) - f)
 
 
-@jit_inline
-def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, zy, s1, rs, E, special, nan, mz):
-    """Plain cross-entropy of rows ``r0:r1`` (at most ``_RB``), each pass across rows.
+# per-row float64 scratch of a short-row block: rows of one (_NF, _RB) array
+_F_M, _F_ZY, _F_S1, _F_RS, _F_TAU, _F_EREST, _F_Q, _F_L, _F_V, _F_WT, _F_UT, _F_SS, _F_PM = range(13)
+_NF = 13
+# per-row int32 scratch: rows of one (4, _RB) array
+_I_AM, _I_NAN, _I_SPECIAL, _I_Y = range(4)
 
-    Returns the number of rows flagged for :func:`_row` (their outputs here
-    are not meaningful).
+
+@jit_inline
+def _small_front(z, labels, ignore_index, r0, nb, E, F, I):
+    """Short-row block ``r0:r0+nb``: transpose into ``E``, max, argmax, flags.
+
+    ``E`` is (C + 1, _RB) in z's dtype: rows 0..C-1 the block class-major,
+    row C the row maxima.  Returns the number of rows flagged for :func:`_row`
+    (NaN, +-inf max, ignored label).
     """
     C = z.shape[1]
-    nb = r1 - r0
-    f32 = is_f32(z)  # constant: shorter exp series for float32 rows
-    # the block transposed into E (class-major): every pass below then runs
-    # over contiguous rows-vectors instead of stride-C gathers
+    m, zy = F[_F_M], F[_F_ZY]
+    am, nan, special = I[_I_AM], I[_I_NAN], I[_I_SPECIAL]
+    mz = E[C]
+    yb = I[_I_Y]
     for i in range(nb):
         y = labels[r0 + i]
-        zy[i] = np.float64(z[r0 + i, y if 0 <= y < C else 0])  # read before grad is written
+        ok = 0 <= y < C
+        yb[i] = y if ok else -1  # int32 labels (C <= SMALL_C): same-width lanes below
+        zy[i] = np.float64(z[r0 + i, y if ok else 0])  # read before grad is written
     # class-major loops: contiguous stores (a row-major loop with the NaN
     # test in it stayed scalar: ~2.5 ns/element against ~0.3)
     zb = z[r0:r0 + nb]
@@ -415,27 +425,50 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
             gt = v > mz[i]
             am[i] = k if gt else am[i]
             mz[i] = v if gt else mz[i]
-    for i in range(nb):
-        m[i] = mz[i]
     nspecial = 0
     for i in range(nb):
-        bad = nan[i] or not (abs(m[i]) < _INF) or labels[r0 + i] == ignore_index
+        m[i] = mz[i]
+        bad = nan[i] != 0 or not (abs(m[i]) < _INF) or labels[r0 + i] == ignore_index
         special[i] = bad
         nspecial += bad
-        s1[i] = 0.0
-    # exp pass: e = exp(z - m) in [0, 1] (float32 blocks: e * 2**100 in
-    # float32 arithmetic, as in _row) and S' = the sum without the argmax
-    if f32:
-        # mz, not float32(m[i]): the conversion in the loop kept it scalar
-        # (~1 ns/element against ~0.45)
+    return nspecial
+
+
+@jit_inline
+def _small_exp(smse, E, F, C, nb):
+    """e = exp(z - m) over the block, in place (float32 blocks: e * 2**100 in
+    float32 arithmetic, as in :func:`_row`); softmax_mse stores tied classes
+    (z == m) as +e and the rest as -e, as :func:`_row` does."""
+    m = F[_F_M]
+    mz = E[C]  # mz, not float32(m[i]): the conversion in the loop kept it scalar
+    if is_f32(E):
         for k in range(C):
             Ek = E[k]
             for i in range(nb):
-                Ek[i] = exp_scaled_f32(Ek[i] - mz[i])
+                x = Ek[i] - mz[i]
+                e = exp_scaled_f32(x)
+                Ek[i] = (e if x == 0.0 else -e) if smse else e
     else:
         for k in range(C):
+            Ek = E[k]
             for i in range(nb):
-                E[k, i] = exp(E[k, i] - m[i])
+                x = Ek[i] - m[i]
+                e = exp(x)
+                Ek[i] = (e if x == 0.0 else -e) if smse else e
+
+
+@jit_inline
+def _ce_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
+    """Plain cross-entropy of rows ``r0:r0+nb`` after :func:`_small_front`,
+    each pass across rows (outputs of flagged rows are not meaningful)."""
+    C = z.shape[1]
+    f32 = is_f32(z)
+    m, zy, s1, rs = F[_F_M], F[_F_ZY], F[_F_S1], F[_F_RS]
+    am, special = I[_I_AM], I[_I_SPECIAL]
+    _small_exp(False, E, F, C, nb)
+    # S' = the sum without the argmax
+    for i in range(nb):
+        s1[i] = 0.0
     for k in range(C):
         for i in range(nb):
             s1[i] = add_reassoc(s1[i], 0.0 if k == am[i] else np.float64(E[k, i]))
@@ -447,7 +480,7 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
         loss[r0 + i] = log1p_pos(s1[i]) - (zy[i] - m[i])
         rs[i] = 1.0 / S
     if grad.shape[0] == 0:  # loss only
-        return nspecial
+        return
     # gradient (p - onehot(y)) scale with p = e / S, transposed back.
     # Flagged rows keep z (a select): in place, :func:`_row` still reads them
     for i in range(nb):
@@ -466,33 +499,104 @@ def _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, z
             grad[r, y] = -(s1[i] / (1.0 + s1[i])) * scale
         else:  # p_y <= 1/2 here: p_y - 1 has no cancellation
             grad[r, y] = np.float64(grad[r, y]) - scale  # p_y as stored above
-    return nspecial
 
 
 @jit_inline
-def _ce_small_rows(z, labels, ignore_index, grad, loss, scale, esc, b):
+def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
+    """Plain softmax_mse (labels, no weights) of rows ``r0:r0+nb`` after
+    :func:`_small_front`, each pass across rows: :func:`_row` and
+    :func:`_smse_tail` with w = 1 (so W_T = tau and WT_T = [label tied])."""
+    C = z.shape[1]
+    f32 = is_f32(z)
+    s1, rs, tau, e_rest, Q, l, V, WT, UT = F[_F_S1], F[_F_RS], F[_F_TAU], F[_F_EREST], F[_F_Q], F[_F_L], F[_F_V], F[_F_WT], F[_F_UT]
+    SS, PM = F[_F_SS], F[_F_PM]
+    am, special, yb = I[_I_AM], I[_I_SPECIAL], I[_I_Y]
+    _small_exp(True, E, F, C, nb)
+    for i in range(nb):
+        s1[i] = 0.0
+        tau[i] = 0.0
+        e_rest[i] = 0.0
+    for k in range(C):
+        Ek = E[k]
+        for i in range(nb):
+            v = np.float64(Ek[i])
+            tied = v > 0.0
+            tau[i] += 1.0 if tied else 0.0  # exact: integer counts
+            e_rest[i] = add_reassoc(e_rest[i], 0.0 if tied else -v)
+            s1[i] = add_reassoc(s1[i], abs(v) if k != am[i] else 0.0)
+    esc_inv = 2.0 ** -100 if f32 else 1.0
+    for i in range(nb):
+        s1[i] *= esc_inv  # exact: powers of 2
+        e_rest[i] *= esc_inv
+        S = 1.0 + s1[i]
+        SS[i] = S
+        PM[i] = 1.0 / S
+        rs[i] = esc_inv / S  # float32 rows: p = e rs; float64 rows: p = e / S, as in _row
+        Q[i] = e_rest[i] / S  # sum of p off the tied set, never a difference
+        l[i] = 0.0
+        V[i] = 0.0
+        y = yb[i]
+        WT[i] = 1.0 if (y >= 0 and E[max(y, 0), i] > 0.0) else 0.0  # the label is tied
+    for k in range(C):
+        Ek = E[k]
+        for i in range(nb):
+            x = np.float64(Ek[i])
+            tied = x > 0.0
+            p = abs(x) * rs[i] if f32 else abs(x) / SS[i]
+            tk = 1.0 if k == yb[i] else 0.0
+            # a lone max: p_max - t = (1 - t) - Q, exact when p_max rounds to 1
+            d = ((1.0 - tk) - Q[i]) if (tied & (tau[i] == 1.0)) else (p - tk)
+            l[i] = add_reassoc(l[i], d * d)
+            V[i] = add_reassoc(V[i], 0.0 if tied else p * d)
+    for i in range(nb):
+        loss[r0 + i] = l[i]
+        # U_T = (W_T/tau - WT_T) - Q W_T/tau with W_T/tau = 1
+        UT[i] = (1.0 - WT[i]) - Q[i]
+    if grad.shape[0] == 0:
+        return
+    for k in range(C):
+        Ek = E[k]
+        for i in range(nb):
+            x = np.float64(Ek[i])
+            tied = x > 0.0
+            p_max = PM[i]
+            p = abs(x) * rs[i] if f32 else abs(x) / SS[i]
+            tk = 1.0 if k == yb[i] else 0.0
+            d = ((1.0 - tk) - Q[i]) if (tied & (tau[i] == 1.0)) else (p - tk)
+            t_ = tau[i]
+            # tied: p_max (tau w - W_T) - (tau w t - WT_T), the first term 0 with w = 1
+            a_j = (0.0 - (t_ * tk - WT[i])) if tied else (t_ * d - UT[i])
+            G = p_max * a_j + (Q[i] * d - V[i])
+            Ek[i] = ((2.0 * p) * G) * scale
+    for i in range(nb):
+        sp = special[i]
+        for k in range(C):
+            grad[r0 + i, k] = z[r0 + i, k] if sp else E[k, i]
+
+
+@jit_inline
+def _small_rows(op, z, labels, ignore_index, grad, loss, scale, esc, b):
     """Block ``b`` of :data:`_RB` rows; flagged rows redone by the general :func:`_row`."""
     R, C = z.shape
     r0 = b * _RB
-    r1 = min(R, r0 + _RB)
-    m = np.empty(_RB)
-    zy = np.empty(_RB)
-    s1 = np.empty(_RB)
-    rs = np.empty(_RB)
-    am = np.empty(_RB, np.int32)
-    special = np.empty(_RB, np.bool_)
-    nan = np.empty(_RB, np.bool_)
-    mz = np.empty(_RB, z.dtype)  # the row maxima in z's dtype
-    E = np.empty((C, _RB), z.dtype)  # the block, class-major, then e, then the gradient
-    ns = _ce_small_block(z, labels, ignore_index, grad, loss, scale, r0, r1, m, am, zy, s1, rs, E, special, nan, mz)
+    nb = min(R, r0 + _RB) - r0
+    E = np.empty((C + 1, _RB), z.dtype)  # the block class-major (then e, ...), and the maxima
+    F = np.empty((_NF, _RB))
+    I = np.empty((4, _RB), np.int32)
+    ns = _small_front(z, labels, ignore_index, r0, nb, E, F, I)
+    if op == CE:
+        _ce_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I)
+    else:
+        _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I)
     if ns:
         no_p = np.empty((0, 0), z.dtype)
         no_w = np.empty(0, z.dtype)
         has_g = grad.shape[0] > 0
         scratch = np.empty(0 if has_g else C, z.dtype)
-        for i in range(r1 - r0):
+        special = I[_I_SPECIAL]
+        for i in range(nb):
             if special[i]:
-                _row(CE, z[r0 + i], r0 + i, labels, no_p, no_w, ignore_index, 0.0,
+                _row(op, z[r0 + i], r0 + i, labels, no_p, no_w, ignore_index, 0.0,
                      grad[r0 + i] if has_g else scratch, has_g, loss, scale, esc)
 
 
@@ -500,11 +604,25 @@ def _ce_small_rows(z, labels, ignore_index, grad, loss, scale, esc, b):
 def ce_small_serial(z, labels, ignore_index, grad, loss, scale, esc):
     """Plain short-row cross-entropy, blocks in order on the calling thread."""
     for b in range((z.shape[0] + _RB - 1) // _RB):
-        _ce_small_rows(z, labels, ignore_index, grad, loss, scale, esc, b)
+        _small_rows(CE, z, labels, ignore_index, grad, loss, scale, esc, b)
 
 
 @parallel_kernel
 def ce_small_parallel(z, labels, ignore_index, grad, loss, scale, esc):
     """Plain short-row cross-entropy, blocks over numba's threads."""
     for b in prange((z.shape[0] + _RB - 1) // _RB):
-        _ce_small_rows(z, labels, ignore_index, grad, loss, scale, esc, b)
+        _small_rows(CE, z, labels, ignore_index, grad, loss, scale, esc, b)
+
+
+@kernel
+def smse_small_serial(z, labels, ignore_index, grad, loss, scale, esc):
+    """Plain short-row softmax_mse, blocks in order on the calling thread."""
+    for b in range((z.shape[0] + _RB - 1) // _RB):
+        _small_rows(SMSE, z, labels, ignore_index, grad, loss, scale, esc, b)
+
+
+@parallel_kernel
+def smse_small_parallel(z, labels, ignore_index, grad, loss, scale, esc):
+    """Plain short-row softmax_mse, blocks over numba's threads."""
+    for b in prange((z.shape[0] + _RB - 1) // _RB):
+        _small_rows(SMSE, z, labels, ignore_index, grad, loss, scale, esc, b)
