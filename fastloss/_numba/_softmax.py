@@ -168,9 +168,10 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
             tied = v > 0.0
             tau = add_reassoc(tau, 1.0 if tied else 0.0)  # exact: integer counts
             e_rest = add_reassoc(e_rest, 0.0 if tied else -v)
-            s1 = add_reassoc(s1, abs(v) if k != am else 0.0)
-        s1 *= 1.0 / esc  # exact: powers of 2
-        e_rest *= 1.0 / esc
+        e_rest *= 1.0 / esc  # exact: a power of 2
+        # tied classes have e = 1 exactly (z - m = 0): S' (all but the
+        # argmax) is e_rest + (tau - 1), one rounding, no third sum
+        s1 = e_rest + (tau - 1.0)
     elif op == SMSE:  # separate loops: op is a runtime value, branches inside stop vectorising
         for k in range(C):
             sh = _shift(np.float64(wr[k]), m, inf_row)
@@ -181,7 +182,7 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
             wr[k] = (e if tied else -e) * esc
             tau = add_reassoc(tau, 1.0 if tied else 0.0)  # exact: integer counts
             e_rest = add_reassoc(e_rest, 0.0 if tied else e)
-            s1 = add_reassoc(s1, e if k != am else 0.0)
+        s1 = e_rest + (tau - 1.0)  # tied e = 1 exactly: S' without a third sum
     elif not sums and f32 and not inf_row:
         # float32 labels: exp in float32 (16 lanes, not 4), then S' summed in
         # float64 in a second, cheap pass.  z - m is a float32 difference
@@ -248,6 +249,17 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
 
 @jit_inline
 def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest):
+    """:func:`_smse_tail_impl`, its loops compiled apart for the plain call
+    (labels, no weights): with that known at compile time the loops carry no
+    target/weight loads behind runtime branches, and vectorise."""
+    if probs.shape[0] == 0 and w.size == 0:
+        _smse_tail_impl(True, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest)
+    else:
+        _smse_tail_impl(False, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest)
+
+
+@jit_inline
+def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest):
     """softmax_mse from the stored (tie-tagged) e: loss and gradient of row r.
 
     With u = w (p - t), dl/dz_j = 2 p_j (u_j - sum_k p_k u_k); the bracket
@@ -257,8 +269,8 @@ def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, 
     :func:`fastloss.reference.softmax_rows`.
     """
     C = zr.size
-    has_w = w.size > 0
-    use_p = probs.shape[0] > 0
+    has_w = False if plain else w.size > 0
+    use_p = False if plain else probs.shape[0] > 0
     p_max = 1.0 / S
     Q = e_rest / S  # sum of p off T = 1 - tau p_max, never a difference
     one_tied = tau == 1.0
@@ -266,6 +278,9 @@ def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, 
     V = 0.0  # sum over k not in T of p u
     W_T = 0.0  # sum over T of w
     WT_T = 0.0  # sum over T of w t
+    if plain:  # w = 1: W_T counts the tied classes, WT_T is [label tied] (exact values)
+        W_T = tau
+        WT_T = 1.0 if np.float64(wr[y]) > 0.0 else 0.0
     for k in range(C):
         x = np.float64(wr[k])
         tied = x > 0.0
@@ -277,8 +292,9 @@ def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, 
         u = wk * d
         l = add_reassoc(l, u * d)
         V = add_reassoc(V, 0.0 if tied else p * u)
-        W_T = add_reassoc(W_T, wk if tied else 0.0)
-        WT_T = add_reassoc(WT_T, wk * tk if tied else 0.0)
+        if not plain:
+            W_T = add_reassoc(W_T, wk if tied else 0.0)
+            WT_T = add_reassoc(WT_T, wk * tk if tied else 0.0)
     loss[r] = l
     if not has_g:
         return
@@ -510,10 +526,9 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
     f32 = is_f32(z)
     s1, rs, tau, e_rest, Q, l, V, WT, UT = F[_F_S1], F[_F_RS], F[_F_TAU], F[_F_EREST], F[_F_Q], F[_F_L], F[_F_V], F[_F_WT], F[_F_UT]
     SS, PM = F[_F_SS], F[_F_PM]
-    am, special, yb = I[_I_AM], I[_I_SPECIAL], I[_I_Y]
+    special, yb = I[_I_SPECIAL], I[_I_Y]
     _small_exp(True, E, F, C, nb)
     for i in range(nb):
-        s1[i] = 0.0
         tau[i] = 0.0
         e_rest[i] = 0.0
     for k in range(C):
@@ -523,11 +538,10 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
             tied = v > 0.0
             tau[i] += 1.0 if tied else 0.0  # exact: integer counts
             e_rest[i] = add_reassoc(e_rest[i], 0.0 if tied else -v)
-            s1[i] = add_reassoc(s1[i], abs(v) if k != am[i] else 0.0)
     esc_inv = 2.0 ** -100 if f32 else 1.0
     for i in range(nb):
-        s1[i] *= esc_inv  # exact: powers of 2
-        e_rest[i] *= esc_inv
+        e_rest[i] *= esc_inv  # exact: a power of 2
+        s1[i] = e_rest[i] + (tau[i] - 1.0)  # tied e = 1 exactly, as in _row
         S = 1.0 + s1[i]
         SS[i] = S
         PM[i] = 1.0 / S
