@@ -100,9 +100,13 @@ def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, s
     if (z.shape[1] <= _sm.SMALL_C and labels is not None and probs is None and w is None
             and smoothing == 0.0):
         # short rows, the plain call: vectorised across rows
-        kern = _SMALL[op][z.size > SERIAL_SOFTMAX]
-        with _jit.run_lock():
-            kern(z, labels, int(ignore_index), _e2(dt) if grad is None else grad, loss, float(scale), _ESC[dt])
+        args = (z, labels, int(ignore_index), _e2(dt) if grad is None else grad, loss, float(scale), _ESC[dt])
+        serial, parallel = _SMALL[op]
+        if z.size <= SERIAL_SOFTMAX:
+            serial(*args)
+        else:
+            with _jit.run_lock():
+                parallel(*args)
         return
     args = (_SM_OPS[op], z, _NO_LABELS if labels is None else labels,
             _e2(dt) if probs is None else probs, _e1(dt) if w is None else w,

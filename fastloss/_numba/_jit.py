@@ -147,14 +147,21 @@ class _NoLock:
 _NO_LOCK = _NoLock()
 
 
+_chosen = []  # the lock, once the layer is known (it never changes in a process)
+
+
 def run_lock():
     """A lock around parallel calls when the active layer is not thread-safe.
 
     numba's 'workqueue' aborts the process on concurrent launches from two
-    Python threads; TBB and OpenMP are thread-safe and need no lock.
+    Python threads; TBB and OpenMP are thread-safe and need no lock.  The
+    answer is cached once the layer is initialised (asking costs ~0.6 us).
     """
+    if _chosen:
+        return _chosen[0]
     try:
         layer = numba.threading_layer()
     except ValueError:  # not initialised yet: first parallel call decides
         return _run_lock
-    return _run_lock if layer == "workqueue" else _NO_LOCK
+    _chosen.append(_run_lock if layer == "workqueue" else _NO_LOCK)
+    return _chosen[0]
