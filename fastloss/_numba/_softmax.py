@@ -153,6 +153,7 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     T = 0.0  # sum of a_k (z_k - m), with 0 * -inf := 0
     tau = 0.0  # softmax_mse: classes tied with the max (z == m, e == 1)
     e_rest = 0.0  # softmax_mse: sum of e over the classes not tied
+    e2_rest = 0.0  # softmax_mse: sum of e^2 over the classes not tied
     sums = use_p or eps != 0.0
     f32 = is_f32(zr)  # constant: shorter exp series for float32 rows
     if op == SMSE and f32 and not inf_row:
@@ -168,7 +169,9 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
             tied = v > 0.0
             tau = add_reassoc(tau, 1.0 if tied else 0.0)  # exact: integer counts
             e_rest = add_reassoc(e_rest, 0.0 if tied else -v)
+            e2_rest = add_reassoc(e2_rest, 0.0 if tied else v * v)  # e 2**100: v^2 <= 2**200
         e_rest *= 1.0 / esc  # exact: a power of 2
+        e2_rest *= 1.0 / (esc * esc)
         # tied classes have e = 1 exactly (z - m = 0): S' (all but the
         # argmax) is e_rest + (tau - 1), one rounding, no third sum
         s1 = e_rest + (tau - 1.0)
@@ -182,6 +185,7 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
             wr[k] = (e if tied else -e) * esc
             tau = add_reassoc(tau, 1.0 if tied else 0.0)  # exact: integer counts
             e_rest = add_reassoc(e_rest, 0.0 if tied else e)
+            e2_rest = add_reassoc(e2_rest, 0.0 if tied else e * e)
         s1 = e_rest + (tau - 1.0)  # tied e = 1 exactly: S' without a third sum
     elif not sums and f32 and not inf_row:
         # float32 labels: exp in float32 (16 lanes, not 4), then S' summed in
@@ -244,22 +248,22 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
         # A - a subtracted): exact when p rounds to 1
         wr[am] = (a_rest - A * q) * scale
         return
-    _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest)
+    _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest)
 
 
 @jit_inline
-def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest):
+def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest):
     """:func:`_smse_tail_impl`, its loops compiled apart for the plain call
     (labels, no weights): with that known at compile time the loops carry no
     target/weight loads behind runtime branches, and vectorise."""
     if probs.shape[0] == 0 and w.size == 0:
-        _smse_tail_impl(True, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest)
+        _smse_tail_impl(True, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest)
     else:
-        _smse_tail_impl(False, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest)
+        _smse_tail_impl(False, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest)
 
 
 @jit_inline
-def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest):
+def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest):
     """softmax_mse from the stored (tie-tagged) e: loss and gradient of row r.
 
     With u = w (p - t), dl/dz_j = 2 p_j (u_j - sum_k p_k u_k); the bracket
@@ -278,21 +282,41 @@ def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, 
     V = 0.0  # sum over k not in T of p u
     W_T = 0.0  # sum over T of w
     WT_T = 0.0  # sum over T of w t
-    if plain:  # w = 1: W_T counts the tied classes, WT_T is [label tied] (exact values)
+    if plain:
+        # w = 1, one-hot t: no loop.  W_T = tau, WT_T = [label tied]; with
+        # P2 = sum over the untied of p^2 (from the exp pass's sum of e^2):
+        #   V = P2 - [y untied] p_y,
+        #   l = P2 + [y untied] (1 - 2 p_y) + (tied classes' d^2),
+        # where a tied class has d = p_max - t, or (1 - t) - Q when alone.
         W_T = tau
-        WT_T = 1.0 if np.float64(wr[y]) > 0.0 else 0.0
-    for k in range(C):
-        x = np.float64(wr[k])
-        tied = x > 0.0
-        p = abs(x) * rs if f32 else (abs(x) * inv_esc) / S
-        tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
-        wk = np.float64(w[k]) if has_w else 1.0
-        # a lone max: p_max - t = (1 - t) - Q, exact when p_max rounds to 1
-        d = ((1.0 - tk) - Q) if (tied and one_tied) else (p - tk)
-        u = wk * d
-        l = add_reassoc(l, u * d)
-        V = add_reassoc(V, 0.0 if tied else p * u)
-        if not plain:
+        xy = np.float64(wr[y])
+        y_tied = xy > 0.0
+        WT_T = 1.0 if y_tied else 0.0
+        P2 = e2_rest / (S * S)
+        p_y = abs(xy) * rs if f32 else (abs(xy) * inv_esc) / S
+        if y_tied:
+            V = P2
+            l = P2
+        else:
+            V = P2 - p_y
+            l = P2 + (1.0 - 2.0 * p_y)  # = P2 - p_y^2 + (p_y - 1)^2; p_y < 1/2: exact
+        if one_tied:
+            d_t = (1.0 - WT_T) - Q
+            l += d_t * d_t
+        else:
+            l += (tau - WT_T) * (p_max * p_max) + WT_T * ((p_max - 1.0) * (p_max - 1.0))
+    else:
+        for k in range(C):
+            x = np.float64(wr[k])
+            tied = x > 0.0
+            p = abs(x) * rs if f32 else (abs(x) * inv_esc) / S
+            tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
+            wk = np.float64(w[k]) if has_w else 1.0
+            # a lone max: p_max - t = (1 - t) - Q, exact when p_max rounds to 1
+            d = ((1.0 - tk) - Q) if (tied and one_tied) else (p - tk)
+            u = wk * d
+            l = add_reassoc(l, u * d)
+            V = add_reassoc(V, 0.0 if tied else p * u)
             W_T = add_reassoc(W_T, wk if tied else 0.0)
             WT_T = add_reassoc(WT_T, wk * tk if tied else 0.0)
     loss[r] = l
