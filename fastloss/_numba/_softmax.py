@@ -251,6 +251,35 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest)
 
 
+@jit
+def _smse_plain_lv(xy, e2_rest, S, p_y, p_max, tau, Q):
+    """softmax_mse loss l and V = sum over the untied of p (p - t) for w = 1,
+    one-hot t, without a loop over the row; returns ``(l, V, WT_T)``.
+
+    ``xy`` is the label's stored (tie-tagged) e, ``p_y`` its probability and
+    ``e2_rest`` the sum of e^2 over the untied classes.  With P2 = that sum
+    over S^2:  V = P2 - [y untied] p_y  and
+    l = P2 + [y untied] (1 - 2 p_y) + the tied classes' d^2, where a tied
+    class has d = p_max - t, or (1 - t) - Q when it is alone (a lone max:
+    exact when p_max rounds to 1).
+    """
+    y_tied = xy > 0.0
+    WT_T = 1.0 if y_tied else 0.0
+    P2 = e2_rest / (S * S)
+    if y_tied:
+        V = P2
+        l = P2
+    else:
+        V = P2 - p_y
+        l = P2 + (1.0 - 2.0 * p_y)  # = P2 - p_y^2 + (p_y - 1)^2; p_y < 1/2: 2 p_y exact
+    if tau == 1.0:
+        d_t = (1.0 - WT_T) - Q
+        l += d_t * d_t
+    else:
+        l += (tau - WT_T) * (p_max * p_max) + WT_T * ((p_max - 1.0) * (p_max - 1.0))
+    return l, V, WT_T
+
+
 @jit_inline
 def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest):
     """:func:`_smse_tail_impl`, its loops compiled apart for the plain call
@@ -282,29 +311,11 @@ def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, 
     V = 0.0  # sum over k not in T of p u
     W_T = 0.0  # sum over T of w
     WT_T = 0.0  # sum over T of w t
-    if plain:
-        # w = 1, one-hot t: no loop.  W_T = tau, WT_T = [label tied]; with
-        # P2 = sum over the untied of p^2 (from the exp pass's sum of e^2):
-        #   V = P2 - [y untied] p_y,
-        #   l = P2 + [y untied] (1 - 2 p_y) + (tied classes' d^2),
-        # where a tied class has d = p_max - t, or (1 - t) - Q when alone.
+    if plain:  # w = 1, one-hot t: no loop (W_T = tau)
         W_T = tau
         xy = np.float64(wr[y])
-        y_tied = xy > 0.0
-        WT_T = 1.0 if y_tied else 0.0
-        P2 = e2_rest / (S * S)
         p_y = abs(xy) * rs if f32 else (abs(xy) * inv_esc) / S
-        if y_tied:
-            V = P2
-            l = P2
-        else:
-            V = P2 - p_y
-            l = P2 + (1.0 - 2.0 * p_y)  # = P2 - p_y^2 + (p_y - 1)^2; p_y < 1/2: exact
-        if one_tied:
-            d_t = (1.0 - WT_T) - Q
-            l += d_t * d_t
-        else:
-            l += (tau - WT_T) * (p_max * p_max) + WT_T * ((p_max - 1.0) * (p_max - 1.0))
+        l, V, WT_T = _smse_plain_lv(xy, e2_rest, S, p_y, p_max, tau, Q)
     else:
         for k in range(C):
             x = np.float64(wr[k])
@@ -555,6 +566,9 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
     for i in range(nb):
         tau[i] = 0.0
         e_rest[i] = 0.0
+    e2 = l  # the sum of e^2 over the untied classes, until l is formed
+    for i in range(nb):
+        e2[i] = 0.0
     for k in range(C):
         Ek = E[k]
         for i in range(nb):
@@ -562,6 +576,7 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
             tied = v > 0.0
             tau[i] += 1.0 if tied else 0.0  # exact: integer counts
             e_rest[i] = add_reassoc(e_rest[i], 0.0 if tied else -v)
+            e2[i] = add_reassoc(e2[i], 0.0 if tied else v * v)
     esc_inv = 2.0 ** -100 if f32 else 1.0
     for i in range(nb):
         e_rest[i] *= esc_inv  # exact: a power of 2
@@ -571,23 +586,11 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
         PM[i] = 1.0 / S
         rs[i] = esc_inv / S  # float32 rows: p = e rs; float64 rows: p = e / S, as in _row
         Q[i] = e_rest[i] / S  # sum of p off the tied set, never a difference
-        l[i] = 0.0
-        V[i] = 0.0
-        y = yb[i]
-        WT[i] = 1.0 if (y >= 0 and E[max(y, 0), i] > 0.0) else 0.0  # the label is tied
-    for k in range(C):
-        Ek = E[k]
-        for i in range(nb):
-            x = np.float64(Ek[i])
-            tied = x > 0.0
-            p = abs(x) * rs[i] if f32 else abs(x) / SS[i]
-            tk = 1.0 if k == yb[i] else 0.0
-            # a lone max: p_max - t = (1 - t) - Q, exact when p_max rounds to 1
-            d = ((1.0 - tk) - Q[i]) if (tied & (tau[i] == 1.0)) else (p - tk)
-            l[i] = add_reassoc(l[i], d * d)
-            V[i] = add_reassoc(V[i], 0.0 if tied else p * d)
-    for i in range(nb):
-        loss[r0 + i] = l[i]
+        y = max(yb[i], 0)  # (flagged rows: any value)
+        xy = np.float64(E[y, i])
+        p_y = abs(xy) * rs[i] if f32 else abs(xy) / S
+        li, V[i], WT[i] = _smse_plain_lv(xy, e2[i] * (esc_inv * esc_inv), S, p_y, PM[i], tau[i], Q[i])
+        loss[r0 + i] = li
         # U_T = (W_T/tau - WT_T) - Q W_T/tau with W_T/tau = 1
         UT[i] = (1.0 - WT[i]) - Q[i]
     if grad.shape[0] == 0:
