@@ -286,17 +286,18 @@ FL_INLINE int FL_V(fl_small_front)(const fl_sm_ctx *c, int64_t r0, int nb, T *re
     const int64_t C = c->C;
     const T *restrict zb = (const T *)c->z + r0 * C;
     const int64_t *restrict lab = c->labels + r0;
+    /* class-major copy: contiguous stores; the NaN test waits for the max
+     * pass (in a row-major copy it kept the loop scalar).  Gathers (indexed
+     * loads) measured no faster here. */
+    for (int64_t k = 0; k < C; k++)
+        for (int i = 0; i < nb; i++)
+            E[k * FL_RB + i] = zb[i * C + k];
     for (int i = 0; i < nb; i++) {
         int64_t y = lab[i];
         int ok = y >= 0 && y < C;
         yb[i] = ok ? (FL_IT)y : -1;
-        zy[i] = (double)zb[i * C + (ok ? y : 0)];
+        zy[i] = (double)E[(ok ? y : 0) * FL_RB + i];  /* from the copy: in cache */
     }
-    /* class-major loops: contiguous stores; the NaN test waits for the max
-     * pass (in a row-major copy it kept the loop scalar) */
-    for (int64_t k = 0; k < C; k++)
-        for (int i = 0; i < nb; i++)
-            E[k * FL_RB + i] = zb[i * C + k];
     /* first argmax by selects: a NaN never wins a comparison (flagged) */
     for (int i = 0; i < nb; i++) {
         T v = E[i];
@@ -338,27 +339,30 @@ FL_INLINE void FL_V(fl_small_exp)(T *restrict E, const T *restrict mz, int64_t C
         }
 }
 
-/* Gradient rows from the class-major block (already rounded to T);
- * flagged rows keep z (a select): in place, fl_row still reads them. */
-FL_INLINE void FL_V(fl_small_store)(const fl_sm_ctx *c, int64_t r0, int nb, const T *restrict E,
-                                    const FL_IT *restrict special)
+/* Gradient rows from the class-major block (already rounded to T).
+ * Flagged rows get z back first (in place, fl_row still reads them; it
+ * rewrites the whole row either way), so the copy needs no select. */
+FL_INLINE void FL_V(fl_small_store)(const fl_sm_ctx *c, int64_t r0, int nb, T *restrict E,
+                                    const FL_IT *restrict special, int ns)
 {
     const int64_t C = c->C;
     const T *zb = (const T *)c->z + r0 * C;
-    T *gb = (T *)c->g + r0 * C;  /* may be zb */
-    for (int i = 0; i < nb; i++) {
-        FL_IT sp = special[i];
+    T *gb = (T *)c->g + r0 * C;  /* may be zb: flagged rows read before any write */
+    for (int i = 0; ns > 0 && i < nb; i++)
+        if (special[i])
+            for (int64_t k = 0; k < C; k++)
+                E[k * FL_RB + i] = zb[i * C + k];
+    for (int i = 0; i < nb; i++)
         for (int64_t k = 0; k < C; k++)
-            gb[i * C + k] = sp ? zb[i * C + k] : E[k * FL_RB + i];
-    }
+            gb[i * C + k] = E[k * FL_RB + i];
 }
 
 /* Plain cross-entropy of a block after fl_small_front (outputs of flagged
  * rows are not meaningful). */
 FL_INLINE void FL_V(fl_ce_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T *restrict E, const T *restrict mz,
                                        const FL_IT *restrict am, const FL_IT *restrict yb,
-                                       const FL_IT *restrict special, const double *restrict zy,
-                                       double *restrict s1, double *restrict cg, double *restrict gy)
+                                       const FL_IT *restrict special, int ns,
+                                       const double *restrict zy, double *restrict s1, double *restrict cg, double *restrict gy)
 {
     const int64_t C = c->C;
     const double sc = c->scale;
@@ -391,7 +395,7 @@ FL_INLINE void FL_V(fl_ce_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T
     for (int64_t k = 0; k < C; k++)
         for (int i = 0; i < nb; i++)
             E[k * FL_RB + i] = (T)((double)E[k * FL_RB + i] * cg[i]);
-    FL_V(fl_small_store)(c, r0, nb, E, special);
+    FL_V(fl_small_store)(c, r0, nb, E, special, ns);
     T *gb = (T *)c->g + r0 * C;
     for (int i = 0; i < nb; i++)
         if (!special[i])
@@ -402,7 +406,8 @@ FL_INLINE void FL_V(fl_ce_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T
  * _smse_small_block).  F: FL_SF_N rows of FL_RB doubles. */
 FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T *restrict E,
                                          const T *restrict mz, const FL_IT *restrict yb,
-                                         const FL_IT *restrict special, double *restrict F)
+                                         const FL_IT *restrict special, int ns,
+                                         double *restrict F)
 {
     const int64_t C = c->C;
     const double sc = c->scale;
@@ -473,7 +478,7 @@ FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb,
             double G = pm[i] * a + (Q[i] * d - V[i]);
             E[k * FL_RB + i] = (T)((2.0 * p * G) * sc);
         }
-    FL_V(fl_small_store)(c, r0, nb, E, special);
+    FL_V(fl_small_store)(c, r0, nb, E, special, ns);
 }
 
 /* Blocks b0..b1 of FL_RB rows, either op. */
@@ -501,9 +506,9 @@ static FL_ATTR void FL_V(fl_rows_small)(void *vctx, int64_t b0, int64_t b1)
         const int nb = (int)(R - r0 < FL_RB ? R - r0 : FL_RB);
         int ns = FL_V(fl_small_front)(c, r0, nb, E, mz, am, yb, special, F + FL_SF_ZY * FL_RB);
         if (c->op_mse)
-            FL_V(fl_smse_small_block)(c, r0, nb, E, mz, yb, special, F);
+            FL_V(fl_smse_small_block)(c, r0, nb, E, mz, yb, special, ns, F);
         else
-            FL_V(fl_ce_small_block)(c, r0, nb, E, mz, am, yb, special, F + FL_SF_ZY * FL_RB,
+            FL_V(fl_ce_small_block)(c, r0, nb, E, mz, am, yb, special, ns, F + FL_SF_ZY * FL_RB,
                                     F + FL_SF_S * FL_RB, F + FL_SF_RS * FL_RB, F + FL_SF_Q * FL_RB);
         for (int i = 0; ns > 0 && i < nb; i++)
             if (special[i])
