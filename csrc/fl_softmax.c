@@ -16,9 +16,13 @@
 #include <stdlib.h>
 
 #define FL_ROW_MIN_PER_THREAD 65536  /* elements per thread before threads pay off */
-#define FL_SMALL_C 32  /* plain cross-entropy rows up to this long go by blocks, class-major */
+#define FL_SMALL_C 32  /* plain rows (either op) up to this long go by blocks, class-major */
 #define FL_F32_ROW_MIN 32  /* float32 exp path from this row length: shorter rows pay its extra loops */
-#define FL_RB 256      /* rows per short-row block: its float64 copy (<= 64 KiB) stays in L2 */
+#define FL_RB 256      /* rows per short-row block: its copy (<= 32 KiB float64) stays in L1/L2 */
+
+/* per-row doubles of a short-row block: rows of FL_RB in one array */
+enum { FL_SF_ZY, FL_SF_S, FL_SF_RS, FL_SF_TAU, FL_SF_EREST, FL_SF_Q, FL_SF_PM, FL_SF_L, FL_SF_V, FL_SF_WT,
+       FL_SF_UT, FL_SF_N };
 
 typedef struct {
     const void *z, *probs, *w;

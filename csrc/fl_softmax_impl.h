@@ -9,8 +9,8 @@ static void FL_N(fl_softmax)(fl_sm_ctx *c)
 {
     if (c->R <= 0 || c->C <= 0)
         return;
-    if (!c->op_mse && c->labels != NULL && c->probs == NULL && c->w == NULL && c->smoothing == 0.0
-        && c->C <= FL_SMALL_C) {  /* plain cross-entropy on short rows: blocks of FL_RB rows */
+    if (c->labels != NULL && c->probs == NULL && c->w == NULL && c->smoothing == 0.0
+        && c->C <= FL_SMALL_C) {  /* plain calls of either op on short rows: blocks of FL_RB rows */
         int64_t per = FL_ROW_MIN_PER_THREAD / (c->C * FL_RB);
         fl_parallel_for(FL_PICK(FL_N(fl_rows_small)), c, (c->R + FL_RB - 1) / FL_RB, per < 1 ? 1 : per);
         return;

@@ -265,102 +265,256 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
     free(eb);
 }
 
-/* Plain cross-entropy on short rows (labels, no weights, no smoothing, C <=
- * FL_SMALL_C; mirrors numba's _ce_small_block): per-row passes over a few
- * classes are all overhead, so a block of FL_RB rows is transposed once
- * into E (class-major) and every pass is a contiguous vector loop across
- * rows.  Rows needing the general treatment (NaN, +-inf max, ignored label)
- * keep z in the gradient here and are redone by fl_row afterwards, so the
- * in-place call gives the same bits.  Blocks are the unit of threading: a
- * row's result depends only on the row. */
+/* ---- Short rows: plain cross-entropy and softmax_mse (labels, no
+ * weights, no smoothing, C <= FL_SMALL_C; mirrors numba's _small_rows).
+ * Per-row passes over a few classes are all overhead, so a block of FL_RB
+ * rows is transposed once into E (class-major, in T) and every pass is a
+ * contiguous vector loop across rows.  Rows needing the general treatment
+ * (NaN, +-inf max, ignored label) keep z in the gradient here and are
+ * redone by fl_row afterwards, so the in-place call gives the same bits.
+ * Blocks are the unit of threading: a row's result depends only on the
+ * row. ---- */
+
+/* Rows r0..r0+nb into E (class-major), the row max mz and first argmax am,
+ * labels yb (-1 when out of range) and z_y (read before the gradient is
+ * written); flags the rows fl_row must redo and returns their count.  Max
+ * and argmax in T with indices of T's width: same-width lanes vectorise. */
+FL_INLINE int FL_V(fl_small_front)(const fl_sm_ctx *c, int64_t r0, int nb, T *restrict E, T *restrict mz,
+                                   FL_IT *restrict am, FL_IT *restrict yb, FL_IT *restrict special,
+                                   double *restrict zy)
+{
+    const int64_t C = c->C;
+    const T *restrict zb = (const T *)c->z + r0 * C;
+    const int64_t *restrict lab = c->labels + r0;
+    /* class-major copy: contiguous stores; the NaN test waits for the max
+     * pass (in a row-major copy it kept the loop scalar).  Gathers (indexed
+     * loads) measured no faster here. */
+    for (int64_t k = 0; k < C; k++)
+        for (int i = 0; i < nb; i++)
+            E[k * FL_RB + i] = zb[i * C + k];
+    for (int i = 0; i < nb; i++) {
+        int64_t y = lab[i];
+        int ok = y >= 0 && y < C;
+        yb[i] = ok ? (FL_IT)y : -1;
+        zy[i] = (double)E[(ok ? y : 0) * FL_RB + i];  /* from the copy: in cache */
+    }
+    /* first argmax by selects: a NaN never wins a comparison (flagged) */
+    for (int i = 0; i < nb; i++) {
+        T v = E[i];
+        mz[i] = v;
+        am[i] = 0;
+        special[i] = v != v;
+    }
+    for (int64_t k = 1; k < C; k++)
+        for (int i = 0; i < nb; i++) {
+            T v = E[k * FL_RB + i];
+            FL_IT gt = v > mz[i];
+            special[i] |= v != v;
+            am[i] = gt ? (FL_IT)k : am[i];
+            mz[i] = gt ? v : mz[i];
+        }
+    int ns = 0;
+    for (int i = 0; i < nb; i++) {
+        T m = mz[i];
+        FL_IT sp = special[i] | !(m < (T)__builtin_inf() && m > -(T)__builtin_inf()) | (yb[i] < 0)
+                   | (lab[i] == c->ignore_index);
+        special[i] = sp;
+        ns += sp != 0;
+    }
+    return ns;
+}
+
+/* e = exp(z - m) over the block, in place.  float32 blocks: e 2^100 in
+ * float arithmetic (fl_exp_scaled_f32, twice the lanes of the double exp;
+ * as the float32 long rows), float64: the double exp.  tag (softmax_mse):
+ * tied classes (z == m, e = 1) stored as +e, the rest as -e. */
+FL_INLINE void FL_V(fl_small_exp)(T *restrict E, const T *restrict mz, int64_t C, int nb, int tag)
+{
+    for (int64_t k = 0; k < C; k++)
+        for (int i = 0; i < nb; i++) {
+            T v = E[k * FL_RB + i];
+            T e = sizeof(T) == 4 ? (T)fl_exp_scaled_f32((float)v, (float)mz[i])
+                                 : (T)fl_exp_nonpos((double)v - (double)mz[i], 0);
+            E[k * FL_RB + i] = tag && v != mz[i] ? -e : e;
+        }
+}
+
+/* Gradient rows from the class-major block (already rounded to T).
+ * Flagged rows get z back first (in place, fl_row still reads them; it
+ * rewrites the whole row either way), so the copy needs no select. */
+FL_INLINE void FL_V(fl_small_store)(const fl_sm_ctx *c, int64_t r0, int nb, T *restrict E,
+                                    const FL_IT *restrict special, int ns)
+{
+    const int64_t C = c->C;
+    const T *zb = (const T *)c->z + r0 * C;
+    T *gb = (T *)c->g + r0 * C;  /* may be zb: flagged rows read before any write */
+    for (int i = 0; ns > 0 && i < nb; i++)
+        if (special[i])
+            for (int64_t k = 0; k < C; k++)
+                E[k * FL_RB + i] = zb[i * C + k];
+    for (int i = 0; i < nb; i++)
+        for (int64_t k = 0; k < C; k++)
+            gb[i * C + k] = E[k * FL_RB + i];
+}
+
+/* Plain cross-entropy of a block after fl_small_front (outputs of flagged
+ * rows are not meaningful). */
+FL_INLINE void FL_V(fl_ce_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T *restrict E, const T *restrict mz,
+                                       const FL_IT *restrict am, const FL_IT *restrict yb,
+                                       const FL_IT *restrict special, int ns,
+                                       const double *restrict zy, double *restrict s1, double *restrict cg, double *restrict gy)
+{
+    const int64_t C = c->C;
+    const double sc = c->scale;
+    const double esc = sizeof(T) == 4 ? 0x1p-100 : 1.0;  /* float32 e carries 2^100 */
+    FL_V(fl_small_exp)(E, mz, C, nb, 0);
+    /* S' = the sum of e without the argmax, in double */
+    for (int i = 0; i < nb; i++)
+        s1[i] = 0.0;
+    for (int64_t k = 0; k < C; k++)
+        for (int i = 0; i < nb; i++)
+            s1[i] += (FL_IT)k == am[i] ? 0.0 : (double)E[k * FL_RB + i];
+    /* loss = log S - (z_y - m), S = 1 + S': two terms >= 0, no cancellation */
+    for (int i = 0; i < nb; i++) {
+        double s = s1[i] * esc;  /* exact: a power of 2 */
+        s1[i] = s;
+        c->loss[r0 + i] = fl_log1p_nonneg(s) - (zy[i] - (double)mz[i]);
+        cg[i] = (esc / (1.0 + s)) * sc;  /* p scale = e cg: one rounding per entry below */
+    }
+    if (c->g == NULL)
+        return;
+    /* label entries first, from the unrounded e */
+    for (int i = 0; i < nb; i++) {
+        FL_IT y = yb[i] < 0 ? 0 : yb[i];  /* flagged rows: any in-range index */
+        if (y == am[i])  /* p_y - 1 = -S'/S, never formed as a difference */
+            gy[i] = -(s1[i] / (1.0 + s1[i])) * sc;
+        else  /* p_y <= 1/2 here: p_y - 1 has no cancellation */
+            gy[i] = (double)E[y * FL_RB + i] * cg[i] - sc;
+    }
+    /* p scale for the rest, rounded once to T */
+    for (int64_t k = 0; k < C; k++)
+        for (int i = 0; i < nb; i++)
+            E[k * FL_RB + i] = (T)((double)E[k * FL_RB + i] * cg[i]);
+    FL_V(fl_small_store)(c, r0, nb, E, special, ns);
+    T *gb = (T *)c->g + r0 * C;
+    for (int i = 0; i < nb; i++)
+        if (!special[i])
+            gb[i * C + yb[i]] = (T)gy[i];
+}
+/* Plain softmax_mse of a block after fl_small_front: fl_row's tie-aware
+ * formulas with w = 1, so W_T = tau and WT_T = [the label is tied] (numba's
+ * _smse_small_block).  F: FL_SF_N rows of FL_RB doubles. */
+FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T *restrict E,
+                                         const T *restrict mz, const FL_IT *restrict yb,
+                                         const FL_IT *restrict special, int ns,
+                                         double *restrict F)
+{
+    const int64_t C = c->C;
+    const double sc = c->scale;
+    const double esc = sizeof(T) == 4 ? 0x1p-100 : 1.0;  /* float32 e carries 2^100 */
+    double *restrict tau = F + FL_SF_TAU * FL_RB, *restrict er = F + FL_SF_EREST * FL_RB;
+    double *restrict S = F + FL_SF_S * FL_RB, *restrict rs = F + FL_SF_RS * FL_RB;
+    double *restrict Q = F + FL_SF_Q * FL_RB, *restrict pm = F + FL_SF_PM * FL_RB;
+    double *restrict l = F + FL_SF_L * FL_RB, *restrict V = F + FL_SF_V * FL_RB;
+    double *restrict wt = F + FL_SF_WT * FL_RB, *restrict ut = F + FL_SF_UT * FL_RB;
+    FL_V(fl_small_exp)(E, mz, C, nb, 1);
+    /* tau = |T| (exact counts), e_rest = sum of e off T */
+    for (int i = 0; i < nb; i++) {
+        tau[i] = 0.0;
+        er[i] = 0.0;
+    }
+    for (int64_t k = 0; k < C; k++)
+        for (int i = 0; i < nb; i++) {
+            double v = (double)E[k * FL_RB + i];
+            int tied = v > 0.0;
+            tau[i] += tied ? 1.0 : 0.0;
+            er[i] += tied ? 0.0 : -v;
+        }
+    for (int i = 0; i < nb; i++) {
+        double e_rest = er[i] * esc;  /* exact: a power of 2 */
+        double s = tau[i] + e_rest;   /* S = sum e: e = 1 on T; one rounding */
+        S[i] = s;
+        pm[i] = 1.0 / s;
+        rs[i] = esc / s;     /* float32: p = e 2^100 rs, one product */
+        Q[i] = e_rest / s;   /* sum of p off T = 1 - tau p_max, never a difference */
+        l[i] = 0.0;
+        V[i] = 0.0;
+        FL_IT y = yb[i] < 0 ? 0 : yb[i];
+        wt[i] = yb[i] >= 0 && E[y * FL_RB + i] > 0 ? 1.0 : 0.0;  /* WT_T: the label is tied */
+    }
+    /* loss sum d^2 and V = sum_{not T} p d; float64 blocks keep p (tagged)
+     * in E: one division per entry, not two */
+    for (int64_t k = 0; k < C; k++)
+        for (int i = 0; i < nb; i++) {
+            double x = (double)E[k * FL_RB + i];
+            int tied = x > 0.0;
+            double ax = __builtin_fabs(x);
+            double p = sizeof(T) == 4 ? ax * rs[i] : ax / S[i];
+            double t = (FL_IT)k == yb[i] ? 1.0 : 0.0;
+            /* a lone max: p_max - t = (1 - t) - Q, exact when p_max rounds to 1 */
+            double d = tied && tau[i] == 1.0 ? (1.0 - t) - Q[i] : p - t;
+            l[i] += d * d;
+            V[i] += tied ? 0.0 : p * d;
+            if (sizeof(T) == 8)
+                E[k * FL_RB + i] = (T)(tied ? p : -p);
+        }
+    for (int i = 0; i < nb; i++) {
+        c->loss[r0 + i] = l[i];
+        ut[i] = (1.0 - wt[i]) - Q[i];  /* U_T = (W_T/tau - WT_T) - Q W_T/tau, W_T/tau = 1 */
+    }
+    if (c->g == NULL)
+        return;
+    /* dl/dz_j = 2 p_j (p_max A_j + (Q d_j - V)) scale */
+    for (int64_t k = 0; k < C; k++)
+        for (int i = 0; i < nb; i++) {
+            double x = (double)E[k * FL_RB + i];
+            int tied = x > 0.0;
+            double ax = __builtin_fabs(x);
+            double p = sizeof(T) == 4 ? ax * rs[i] : ax;
+            double t = (FL_IT)k == yb[i] ? 1.0 : 0.0;
+            double d = tied && tau[i] == 1.0 ? (1.0 - t) - Q[i] : p - t;
+            /* tied: p_max (tau w - W_T) - (tau w t - WT_T), the first term 0 for w = 1 */
+            double a = tied ? 0.0 - (tau[i] * t - wt[i]) : tau[i] * d - ut[i];
+            double G = pm[i] * a + (Q[i] * d - V[i]);
+            E[k * FL_RB + i] = (T)((2.0 * p * G) * sc);
+        }
+    FL_V(fl_small_store)(c, r0, nb, E, special, ns);
+}
+
+/* Blocks b0..b1 of FL_RB rows, either op. */
 static FL_ATTR void FL_V(fl_rows_small)(void *vctx, int64_t b0, int64_t b1)
 {
     const fl_sm_ctx *c = vctx;
     const int64_t C = c->C, R = c->R;
-    const double sc = c->scale;
-    double m[FL_RB], zy[FL_RB], s1[FL_RB], rs[FL_RB];
-    int64_t am[FL_RB];
-    int special[FL_RB];
-    double *E = malloc(sizeof(double) * (size_t)(C * FL_RB + C));  /* the block, then fl_row's buffer */
-    if (E == NULL) {  /* fl_row flags out-of-memory with NaN */
+    /* one allocation, 64-byte aligned parts: F (per-row doubles), E (the
+     * block, class-major) and mz, am, yb, special, then fl_row's buffer */
+    const size_t nF = (size_t)FL_SF_N * FL_RB, nE = (size_t)(C + 1) * FL_RB;
+    char *raw = malloc(sizeof(double) * (nF + (size_t)fl_row_buf_len(c)) + sizeof(T) * nE
+                       + sizeof(FL_IT) * 3 * FL_RB + 64);
+    if (raw == NULL) {  /* fl_row flags out-of-memory with NaN */
         for (int64_t r = b0 * FL_RB; r < R && r < b1 * FL_RB; r++)
             FL_V(fl_row)(c, r, NULL);
         return;
     }
+    double *F = (double *)(raw + (-(uintptr_t)raw & 63));
+    T *E = (T *)(F + nF);
+    T *mz = E + C * FL_RB;
+    FL_IT *am = (FL_IT *)(E + nE), *yb = am + FL_RB, *special = yb + FL_RB;
+    double *rowbuf = (double *)(special + FL_RB);
     for (int64_t b = b0; b < b1; b++) {
         const int64_t r0 = b * FL_RB;
         const int nb = (int)(R - r0 < FL_RB ? R - r0 : FL_RB);
-        const T *zb = (const T *)c->z + r0 * C;
-        T *gb = c->g != NULL ? (T *)c->g + r0 * C : NULL;
-        const int64_t *lab = c->labels + r0;
-        double *restrict Er = E;
-        for (int i = 0; i < nb; i++) {
-            int64_t y = lab[i];
-            zy[i] = (double)zb[i * C + (y >= 0 && y < C ? y : 0)];  /* read before the gradient is written */
-            int nan = 0;
-            for (int64_t k = 0; k < C; k++) {
-                double v = (double)zb[i * C + k];
-                Er[k * FL_RB + i] = v;
-                nan |= v != v;
-            }
-            special[i] = nan;
-        }
-        /* max and first argmax by selects (a NaN never wins; flagged below) */
-        for (int i = 0; i < nb; i++) {
-            m[i] = Er[i];
-            am[i] = 0;
-        }
-        for (int64_t k = 1; k < C; k++)
-            for (int i = 0; i < nb; i++) {
-                double v = Er[k * FL_RB + i];
-                int gt = v > m[i];
-                am[i] = gt ? k : am[i];
-                m[i] = gt ? v : m[i];
-            }
-        int nspecial = 0;
-        for (int i = 0; i < nb; i++) {
-            special[i] |= !(m[i] < __builtin_inf() && m[i] > -__builtin_inf()) || lab[i] == c->ignore_index;
-            nspecial += special[i];
-            s1[i] = 0.0;
-        }
-        /* e = exp(z - m) in [0, 1] and S' = the sum without the argmax */
-        for (int64_t k = 0; k < C; k++)
-            for (int i = 0; i < nb; i++) {
-                double e = fl_exp_nonpos(Er[k * FL_RB + i] - m[i], sizeof(T) == 4);
-                Er[k * FL_RB + i] = e;
-                s1[i] += k == am[i] ? 0.0 : e;
-            }
-        /* loss = log S - (z_y - m), S = 1 + S': two terms >= 0, no cancellation */
-        for (int i = 0; i < nb; i++) {
-            c->loss[r0 + i] = fl_log1p_nonneg(s1[i]) - (zy[i] - m[i]);
-            rs[i] = 1.0 / (1.0 + s1[i]);
-        }
-        if (gb != NULL) {
-            /* (p - onehot(y)) scale with p = e / S, transposed back; flagged
-             * rows keep z (a select): in place, fl_row still reads them */
-            for (int64_t k = 0; k < C; k++)
-                for (int i = 0; i < nb; i++)
-                    Er[k * FL_RB + i] = (Er[k * FL_RB + i] * rs[i]) * sc;
-            for (int i = 0; i < nb; i++) {
-                int sp = special[i];
-                for (int64_t k = 0; k < C; k++)
-                    gb[i * C + k] = sp ? zb[i * C + k] : (T)Er[k * FL_RB + i];
-            }
-            for (int i = 0; i < nb; i++) {
-                if (special[i])
-                    continue;
-                int64_t y = lab[i];
-                if (y == am[i])  /* p_y - 1 = -S'/S, never formed as a difference */
-                    gb[i * C + y] = (T)(-(s1[i] * rs[i]) * sc);
-                else  /* p_y <= 1/2 here: p_y - 1 has no cancellation */
-                    gb[i * C + y] = (T)(Er[y * FL_RB + i] - sc);
-            }
-        }
-        for (int i = 0; nspecial > 0 && i < nb; i++)
+        int ns = FL_V(fl_small_front)(c, r0, nb, E, mz, am, yb, special, F + FL_SF_ZY * FL_RB);
+        if (c->op_mse)
+            FL_V(fl_smse_small_block)(c, r0, nb, E, mz, yb, special, ns, F);
+        else
+            FL_V(fl_ce_small_block)(c, r0, nb, E, mz, am, yb, special, ns, F + FL_SF_ZY * FL_RB,
+                                    F + FL_SF_S * FL_RB, F + FL_SF_RS * FL_RB, F + FL_SF_Q * FL_RB);
+        for (int i = 0; ns > 0 && i < nb; i++)
             if (special[i])
-                FL_V(fl_row)(c, r0 + i, E + C * FL_RB);
+                FL_V(fl_row)(c, r0 + i, rowbuf);
     }
-    free(E);
+    free(raw);
 }
 
 #undef FL_V
