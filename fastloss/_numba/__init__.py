@@ -24,9 +24,6 @@ from . import _softmax as _sm
 NAME = "numba"
 
 _SM_OPS = {"softmax_cross_entropy": _sm.CE, "softmax_mse": _sm.SMSE}
-#: op -> (serial, parallel) short-row kernels
-_SMALL = {"softmax_cross_entropy": (_sm.ce_small_serial, _sm.ce_small_parallel),
-          "softmax_mse": (_sm.smse_small_serial, _sm.smse_small_parallel)}
 #: Up to these sizes the calling thread works alone: waking numba's pool
 #: costs ~30 us here (more when the other core is busy), which a 2-core
 #: machine only wins back above these sizes (measured by timing the serial
@@ -100,13 +97,13 @@ def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, s
     if (z.shape[1] <= _sm.SMALL_C and labels is not None and probs is None and w is None
             and smoothing == 0.0):
         # short rows, the plain call: vectorised across rows
-        args = (z, labels, int(ignore_index), _e2(dt) if grad is None else grad, loss, float(scale), _ESC[dt])
-        serial, parallel = _SMALL[op]
+        args = (_SM_OPS[op], z, labels, int(ignore_index), _e2(dt) if grad is None else grad, loss,
+                float(scale), _ESC[dt])
         if z.size <= SERIAL_SOFTMAX:
-            serial(*args)
+            _sm.small_serial(*args)
         else:
             with _jit.run_lock():
-                parallel(*args)
+                _sm.small_parallel(*args)
         return
     args = (_SM_OPS[op], z, _NO_LABELS if labels is None else labels,
             _e2(dt) if probs is None else probs, _e1(dt) if w is None else w,

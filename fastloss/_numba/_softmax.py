@@ -642,28 +642,15 @@ def _small_rows(op, z, labels, ignore_index, grad, loss, scale, esc, b):
 
 
 @kernel
-def ce_small_serial(z, labels, ignore_index, grad, loss, scale, esc):
-    """Plain short-row cross-entropy, blocks in order on the calling thread."""
+def small_serial(op, z, labels, ignore_index, grad, loss, scale, esc):
+    """Plain short-row ``op`` (CE or SMSE, a runtime value: it is branched on
+    once per block), blocks in order on the calling thread."""
     for b in range((z.shape[0] + _RB - 1) // _RB):
-        _small_rows(CE, z, labels, ignore_index, grad, loss, scale, esc, b)
+        _small_rows(op, z, labels, ignore_index, grad, loss, scale, esc, b)
 
 
 @parallel_kernel
-def ce_small_parallel(z, labels, ignore_index, grad, loss, scale, esc):
-    """Plain short-row cross-entropy, blocks over numba's threads."""
+def small_parallel(op, z, labels, ignore_index, grad, loss, scale, esc):
+    """Plain short-row ``op``, blocks over numba's threads."""
     for b in prange((z.shape[0] + _RB - 1) // _RB):
-        _small_rows(CE, z, labels, ignore_index, grad, loss, scale, esc, b)
-
-
-@kernel
-def smse_small_serial(z, labels, ignore_index, grad, loss, scale, esc):
-    """Plain short-row softmax_mse, blocks in order on the calling thread."""
-    for b in range((z.shape[0] + _RB - 1) // _RB):
-        _small_rows(SMSE, z, labels, ignore_index, grad, loss, scale, esc, b)
-
-
-@parallel_kernel
-def smse_small_parallel(z, labels, ignore_index, grad, loss, scale, esc):
-    """Plain short-row softmax_mse, blocks over numba's threads."""
-    for b in prange((z.shape[0] + _RB - 1) // _RB):
-        _small_rows(SMSE, z, labels, ignore_index, grad, loss, scale, esc, b)
+        _small_rows(op, z, labels, ignore_index, grad, loss, scale, esc, b)
