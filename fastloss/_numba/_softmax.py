@@ -281,6 +281,20 @@ def _smse_plain_lv(xy, e2_rest, S, p_y, p_max, tau, Q):
 
 
 @jit_inline
+def _smse_entry(v, k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, Q, one_tied):
+    """Entry k of a softmax_mse row from its stored (tie-tagged) e ``v``:
+    ``(tied, p, t, w, d, u)`` with d = p - t and u = w d."""
+    x = np.float64(v)
+    tied = x > 0.0
+    p = abs(x) * rs if f32 else (abs(x) * inv_esc) / S
+    tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
+    wk = np.float64(w[k]) if has_w else 1.0
+    # a lone max: p_max - t = (1 - t) - Q, exact when p_max rounds to 1
+    d = ((1.0 - tk) - Q) if (tied and one_tied) else (p - tk)
+    return tied, p, tk, wk, d, wk * d
+
+
+@jit_inline
 def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest):
     """:func:`_smse_tail_impl`, its loops compiled apart for the plain call
     (labels, no weights): with that known at compile time the loops carry no
@@ -318,14 +332,8 @@ def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, 
         l, V, WT_T = _smse_plain_lv(xy, e2_rest, S, p_y, p_max, tau, Q)
     else:
         for k in range(C):
-            x = np.float64(wr[k])
-            tied = x > 0.0
-            p = abs(x) * rs if f32 else (abs(x) * inv_esc) / S
-            tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
-            wk = np.float64(w[k]) if has_w else 1.0
-            # a lone max: p_max - t = (1 - t) - Q, exact when p_max rounds to 1
-            d = ((1.0 - tk) - Q) if (tied and one_tied) else (p - tk)
-            u = wk * d
+            tied, p, tk, wk, d, u = _smse_entry(wr[k], k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, Q,
+                                                one_tied)
             l = add_reassoc(l, u * d)
             V = add_reassoc(V, 0.0 if tied else p * u)
             W_T = add_reassoc(W_T, wk if tied else 0.0)
@@ -338,13 +346,8 @@ def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, 
     w_bar = W_T / tau
     U_T = (w_bar - WT_T) - Q * w_bar
     for k in range(C):
-        x = np.float64(wr[k])
-        tied = x > 0.0
-        p = abs(x) * rs if f32 else (abs(x) * inv_esc) / S
-        tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
-        wk = np.float64(w[k]) if has_w else 1.0
-        d = ((1.0 - tk) - Q) if (tied and one_tied) else (p - tk)
-        u = wk * d
+        tied, p, tk, wk, d, u = _smse_entry(wr[k], k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, Q,
+                                            one_tied)
         tw = tau * wk
         a_j = (p_max * (tw - W_T) - (tw * tk - WT_T)) if tied else (tau * u - U_T)
         G = p_max * a_j + (Q * u - V)
