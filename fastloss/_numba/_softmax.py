@@ -562,7 +562,7 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
     :func:`_smse_tail` with w = 1 (so W_T = tau and WT_T = [label tied])."""
     C = z.shape[1]
     f32 = is_f32(z)
-    s1, rs, tau, e_rest, Q, l, V, WT, UT = F[_F_S1], F[_F_RS], F[_F_TAU], F[_F_EREST], F[_F_Q], F[_F_L], F[_F_V], F[_F_WT], F[_F_UT]
+    rs, tau, e_rest, Q, l, V, WT, UT = F[_F_RS], F[_F_TAU], F[_F_EREST], F[_F_Q], F[_F_L], F[_F_V], F[_F_WT], F[_F_UT]
     SS, PM = F[_F_SS], F[_F_PM]
     special, yb = I[_I_SPECIAL], I[_I_Y]
     _small_exp(True, E, F, C, nb)
@@ -583,8 +583,7 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
     esc_inv = 2.0 ** -100 if f32 else 1.0
     for i in range(nb):
         e_rest[i] *= esc_inv  # exact: a power of 2
-        s1[i] = e_rest[i] + (tau[i] - 1.0)  # tied e = 1 exactly, as in _row
-        S = 1.0 + s1[i]
+        S = 1.0 + (e_rest[i] + (tau[i] - 1.0))  # S' from the tie count (tied e = 1 exactly), as in _row
         SS[i] = S
         PM[i] = 1.0 / S
         rs[i] = esc_inv / S  # float32 rows: p = e rs; float64 rows: p = e / S, as in _row
@@ -598,19 +597,17 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
         UT[i] = (1.0 - WT[i]) - Q[i]
     if grad.shape[0] == 0:
         return
+    no_p = np.empty((0, 0), z.dtype)
+    no_w = np.empty(0, z.dtype)
     for k in range(C):
         Ek = E[k]
         for i in range(nb):
-            x = np.float64(Ek[i])
-            tied = x > 0.0
-            p_max = PM[i]
-            p = abs(x) * rs[i] if f32 else abs(x) / SS[i]
-            tk = 1.0 if k == yb[i] else 0.0
-            d = ((1.0 - tk) - Q[i]) if (tied & (tau[i] == 1.0)) else (p - tk)
+            tied, p, tk, _, d, _ = _smse_entry(Ek[i], k, 0, yb[i], no_p, no_w, False, False, f32, rs[i], 1.0,
+                                               SS[i], Q[i], tau[i] == 1.0)
             t_ = tau[i]
             # tied: p_max (tau w - W_T) - (tau w t - WT_T), the first term 0 with w = 1
             a_j = (0.0 - (t_ * tk - WT[i])) if tied else (t_ * d - UT[i])
-            G = p_max * a_j + (Q[i] * d - V[i])
+            G = PM[i] * a_j + (Q[i] * d - V[i])
             Ek[i] = ((2.0 * p) * G) * scale
     for i in range(nb):
         sp = special[i]
