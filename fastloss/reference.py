@@ -13,12 +13,13 @@ also the ``"numpy"`` backend, so they implement the backend kernel interface
     ``scale`` times the derivative of each element's (weighted) loss.
     Returns the float64 sum of the weighted per-element losses.
 
-``softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale)``
+``softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale) -> float``
     ``z``: (R, C) C-contiguous float.  Exactly one of ``labels`` ((R,) int64)
     and ``probs`` ((R, C), z's dtype) is given.  ``w``: (C,) or ``None``.
     ``loss``: (R,) float64, always filled with the per-row weighted loss.
     ``grad``: (R, C) of z's dtype or ``None``; ``scale`` times the row's
-    own derivative.  ``grad`` may be ``z`` itself (in-place).
+    own derivative.  ``grad`` may be ``z`` itself (in-place).  Returns the
+    float64 sum of ``loss`` (in an order fixed by the backend).
 
 All arithmetic is float64 (float32 inputs are widened, computed and rounded
 once), with the formulas chosen so no intermediate cancels, overflows or
@@ -159,7 +160,7 @@ def _target_matrix(labels, probs, w, ignore_index, smoothing, R, C):
 def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, scale):
     R, C = z.shape
     if R == 0:
-        return
+        return 0.0
     zf = z.astype(np.float64)  # a copy: grad may alias z
     t, wf, valid = _target_matrix(labels, probs, w, ignore_index, smoothing, R, C)
 
@@ -250,3 +251,4 @@ def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, s
             g[skip] = 0.0
             g[nan_row] = np.nan
             grad[...] = g
+    return float(np.add.reduce(loss))

@@ -8,6 +8,7 @@ cancellation (``_close``).
 """
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 numba = pytest.importorskip("numba")
 B = pytest.importorskip("fastloss._numba")
 from fastloss import reference as _ref  # noqa: E402
+from fastloss._numba import _softmax as S  # noqa: E402
 
 
 class R:
@@ -188,8 +190,9 @@ def test_softmax_matches_reference(op, dt, mode, C):
     scale = 0.25
     g, l = np.empty_like(z), np.empty(R_)
     g2, l2 = np.empty_like(z), np.empty(R_)
-    B.softmax_rows(op, z, labels, probs, w, -100, eps, g, l, scale)
+    total = B.softmax_rows(op, z, labels, probs, w, -100, eps, g, l, scale)
     R.softmax_rows(op, z, labels, probs, w, -100, eps, g2, l2, scale)
+    assert total == pytest.approx(math.fsum(l), rel=16 * 2.0**-53, abs=0.0, nan_ok=True)
     p = _softmax_p(z)
     t = probs.astype(np.float64) if probs is not None else np.eye(C)[np.where(labels < 0, 0, labels)]
     t = t * (1 - eps) + eps / C
@@ -211,12 +214,13 @@ def test_softmax_matches_reference(op, dt, mode, C):
     # in place: grad is z
     zz = z.copy()
     l3 = np.empty(R_)
-    B.softmax_rows(op, zz, labels, probs, w, -100, eps, zz, l3, scale)
+    total3 = B.softmax_rows(op, zz, labels, probs, w, -100, eps, zz, l3, scale)
     np.testing.assert_array_equal(zz, g)  # the same bits in place
     np.testing.assert_array_equal(l3, l)
     l4 = np.empty(R_)  # loss only: the scratch-row path, the same bits
-    B.softmax_rows(op, z, labels, probs, w, -100, eps, None, l4, scale)
+    total4 = B.softmax_rows(op, z, labels, probs, w, -100, eps, None, l4, scale)
     np.testing.assert_array_equal(l4, l)
+    assert np.array([total3, total4]).tobytes() == np.array([total, total]).tobytes()  # same bits (NaN too)
 
 
 @pytest.mark.parametrize("shape", [(64, 1), (3, 2), (1, 5000)])
@@ -381,7 +385,6 @@ def test_short_row_path(dt, op):
     are redone per row; ties (one tied with the label, a whole row tied) and
     a dominant class take the tie-aware formulas.  Many blocks (parallel
     path), against the reference, in place and not, loss only."""
-    from fastloss._numba import _softmax as S
 
     rng = np.random.default_rng(21)
     R_, C = S._RB * 3 + 17, 7
@@ -410,12 +413,14 @@ def test_short_row_path(dt, op):
     _close(g, g2, scale, dt, "grad")
     zz = z.copy()
     l3 = np.empty(R_)
-    B.softmax_rows(op, zz, labels, None, None, -100, 0.0, zz, l3, scale)
+    total3 = B.softmax_rows(op, zz, labels, None, None, -100, 0.0, zz, l3, scale)
     np.testing.assert_array_equal(zz, g)
     np.testing.assert_array_equal(l3, l)
     l4 = np.empty(R_)
-    B.softmax_rows(op, z, labels, None, None, -100, 0.0, None, l4, scale)
+    total4 = B.softmax_rows(op, z, labels, None, None, -100, 0.0, None, l4, scale)
     np.testing.assert_array_equal(l4, l)
+    # the NaN row makes the total NaN on every path
+    assert math.isnan(total3) and math.isnan(total4)
 
 
 def test_log1p_pos_against_numpy():
@@ -446,3 +451,47 @@ def test_reduced_loss_same_bits_for_every_call_form(op, dt):
     zz = z.copy()
     assert B.elementwise(op, zz, y, None, None, zz, None, 0.5) == tot
     np.testing.assert_array_equal(zz, g)
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 64, 65, 1000, 1024, 1025, 5000])
+def test_rows_total(n):
+    """The kernels' reduced loss: a fixed-order tree sum, accurate, and
+    NaN/inf propagate."""
+    from fastloss._numba._softmax import rows_total
+
+    rng = np.random.default_rng(n)
+    loss = rng.random(n) * 10.0 ** rng.integers(-3, 4, n)
+    before = loss.copy()
+    total = rows_total(loss)
+    np.testing.assert_array_equal(loss, before)  # whole blocks are summed where they lie, untouched
+    # tree depth <= 5 per 1024-row block, then the block sums in order
+    assert total == pytest.approx(math.fsum(loss), rel=(5 + n // 1024 + 1) * 2.0**-53, abs=0.0)
+    assert rows_total(loss.copy()).hex() == total.hex()
+    loss[n // 2] = np.inf
+    assert rows_total(loss) == np.inf
+    loss[n - 1] = np.nan
+    assert math.isnan(rows_total(loss))
+    assert rows_total(np.empty(0)) == 0.0
+
+
+@pytest.mark.parametrize("op", ["softmax_cross_entropy", "softmax_mse"])
+@pytest.mark.parametrize("C", [7, 300])
+def test_softmax_total_thread_independent(op, C):
+    """The serial and parallel kernels return the same bits for the reduced loss."""
+    rng = np.random.default_rng(C)
+    R_ = 3000
+    z = rng.standard_normal((R_, C)).astype(np.float32) * 4
+    labels = rng.integers(0, C, R_)
+    args = (S.CE if op == "softmax_cross_entropy" else S.SMSE, z, labels)
+    l1, l2 = np.empty(R_), np.empty(R_)
+    g1, g2 = np.empty_like(z), np.empty_like(z)
+    if C <= S.SMALL_C:
+        t1 = S.small_serial(*args, -100, g1, l1, 1.0, 2.0**100)
+        t2 = S.small_parallel(*args, -100, g2, l2, 1.0, 2.0**100)
+    else:
+        rest = (np.empty((0, 0), z.dtype), np.empty(0, z.dtype), -100, 0.0)
+        t1 = S.softmax_serial(*args, *rest, g1, l1, 1.0, 2.0**100)
+        t2 = S.softmax_parallel(*args, *rest, g2, l2, 1.0, 2.0**100)
+    np.testing.assert_array_equal(l1, l2)
+    assert t1.hex() == t2.hex()
+    assert t1 == pytest.approx(math.fsum(l1), rel=8 * 2.0**-53, abs=0.0)

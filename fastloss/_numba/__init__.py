@@ -100,17 +100,14 @@ def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, s
         args = (_SM_OPS[op], z, labels, int(ignore_index), _e2(dt) if grad is None else grad, loss,
                 float(scale), _ESC[dt])
         if z.size <= SERIAL_SOFTMAX:
-            _sm.small_serial(*args)
-        else:
-            with _jit.run_lock():
-                _sm.small_parallel(*args)
-        return
+            return _sm.small_serial(*args)
+        with _jit.run_lock():
+            return _sm.small_parallel(*args)
     args = (_SM_OPS[op], z, _NO_LABELS if labels is None else labels,
             _e2(dt) if probs is None else probs, _e1(dt) if w is None else w,
             int(ignore_index), float(smoothing), _e2(dt) if grad is None else grad,
             loss, float(scale), _ESC[dt])
     if z.size <= SERIAL_SOFTMAX or z.shape[0] == 1:
-        _sm.softmax_serial(*args)
-    else:
-        with _jit.run_lock():
-            _sm.softmax_parallel(*args)
+        return _sm.softmax_serial(*args)
+    with _jit.run_lock():
+        return _sm.softmax_parallel(*args)

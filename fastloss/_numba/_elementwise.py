@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_inline, kernel, parallel_kernel
-from ._math import SMALL_Z, is_f32, log1p01, log1p01_f32, mul0, sigmoid_parts, sigmoid_parts_f32
+from ._math import SMALL_Z, is_f32, log1p01, log1p01_f32, mul0, sigmoid_parts, sigmoid_parts_f32, tree_sum
 
 BLOCK = 1024  # a power of 4: the block sum is a 4-way tree
 CHUNK = 16 * BLOCK
@@ -36,29 +36,6 @@ def _fill_periodic(buf, a, i0, nb):
         j += 1
         if j == P:
             j = 0
-
-
-@jit
-def _block_sum(buf, nb, tmp):
-    """Sum ``buf[:nb]`` in float64 in a fixed order: a 4-way tree over a whole block.
-
-    ``buf`` (length BLOCK, ours) is zero-padded past ``nb``, so the tree has
-    one shape for every block; each level is a loop over disjoint quarters
-    that vectorises (a lane-sequential sum stayed scalar: ~0.5 ns/element,
-    this ~0.08).  ``tmp`` is BLOCK // 4 float64 scratch.  Losses are >= 0 or
-    NaN, so the +0.0 padding changes nothing.
-    """
-    for t in range(nb, BLOCK):
-        buf[t] = 0
-    q = BLOCK // 4
-    for j in range(q):
-        tmp[j] = (np.float64(buf[j]) + np.float64(buf[j + q])) + \
-                 (np.float64(buf[j + 2 * q]) + np.float64(buf[j + 3 * q]))
-    while q > 1:  # quarters again: reads of tmp[j + q..] precede their writes
-        q //= 4
-        for j in range(q):
-            tmp[j] = (tmp[j] + tmp[j + q]) + (tmp[j + 2 * q] + tmp[j + 3 * q])
-    return tmp[0]
 
 
 @jit_inline
@@ -161,7 +138,7 @@ def _chunk(op, plain, z, y, w, pw, grad, loss, scale, c):
                 gb[t] = gi  # z[i] was read above: grad may alias z (float64)
             if has_l:
                 lv[t] = li
-        bs = _block_sum(lb, nb, tmp)
+        bs = tree_sum(lb, nb, tmp)
         if ovf and bs == np.inf:  # overflowed float32 (or a true inf): redo in float64
             bs = 0.0
             for t in range(nb):
