@@ -166,6 +166,22 @@ def check_class_weight(weight, n_classes, dtype):
     return np.ascontiguousarray(w, dtype=dtype)
 
 
+# np.may_share_memory's C function itself: the __array_function__ dispatch
+# around it costs ~0.2 us a call, and only ndarrays reach it here
+_may_share = getattr(np.may_share_memory, "_implementation", np.may_share_memory)
+
+
+def may_overlap(a, b):
+    """Whether ndarrays ``a`` and ``b`` may share memory (a bounds test).
+
+    Two different arrays that each own their memory are two allocations:
+    that is answered from the flags (~0.15 us) without the bounds test.
+    """
+    if a.flags.owndata and b.flags.owndata:
+        return a is b
+    return _may_share(a, b)
+
+
 def check_out(out, shape, dtype, inputs):
     """Validate ``out=``: right shape and dtype, writeable, not overlapping inputs.
 
@@ -183,7 +199,7 @@ def check_out(out, shape, dtype, inputs):
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     logits, *others = inputs
-    if out is not logits and isinstance(logits, np.ndarray) and np.may_share_memory(out, logits):
+    if out is not logits and isinstance(logits, np.ndarray) and may_overlap(out, logits):
         same = (  # (out is logits: trivially the same; __array_interface__ costs ~1 us)
             out.__array_interface__["data"][0] == logits.__array_interface__["data"][0]
             and out.strides == logits.strides
@@ -191,6 +207,6 @@ def check_out(out, shape, dtype, inputs):
         if not same:
             raise ValueError("out overlaps logits without being the same array; pass out=logits or a separate buffer")
     for arr in others:
-        if arr is not None and isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
+        if arr is not None and isinstance(arr, np.ndarray) and may_overlap(out, arr):
             raise ValueError("out shares memory with target/weight; it may only alias the logits")
     return out

@@ -343,3 +343,32 @@ def test_c_glue_unknown_op_and_read_only_inputs():
     yr.flags.writeable = False
     _same(fastloss.sigmoid_bce(zr, yr, pos_weight=np.full(8, 2.0), return_grad=True, backend="c"),
           fastloss.sigmoid_bce(zr.copy(), yr.copy(), pos_weight=np.full(8, 2.0), return_grad=True, backend="c"))
+
+
+def test_may_overlap_flags_shortcut_agrees_with_bounds():
+    """The owndata shortcut answers only for two separate allocations; every
+    view goes to the bounds test."""
+    a = np.zeros(20, np.float32)
+    b = np.zeros(20, np.float32)
+    assert a.flags.owndata and b.flags.owndata
+    assert not V.may_overlap(a, b)
+    assert V.may_overlap(a, a)  # the same array
+    assert V.may_overlap(a, a[3:7]) and V.may_overlap(a[3:7], a)
+    assert V.may_overlap(a[:10], a[5:15])
+    assert not V.may_overlap(a[:10], a[10:])  # disjoint views of one buffer
+    assert V.may_overlap(a.view(np.int32), a)  # another dtype over the same memory
+    lab = np.arange(8, dtype=np.int64)
+    assert V.may_overlap(lab.view(np.float64).reshape(2, 4), lab)
+    for x, y in [(a, b), (a, a[3:7]), (a[:10], a[5:15]), (a[:10], a[10:])]:
+        assert V.may_overlap(x, y) == np.may_share_memory(x, y)
+
+
+@pytest.mark.parametrize("op", SOFTMAX)
+def test_out_over_labels_memory_rejected(backend, op):
+    """out= built over the labels' buffer is refused before anything is written."""
+    lab = np.zeros(8, np.int64)
+    out = lab.view(np.float64).reshape(4, 2)
+    z = np.zeros((4, 2))
+    with pytest.raises(ValueError, match="shares memory with target"):
+        getattr(fastloss, op)(z, lab[:4], return_grad=True, out=out, backend=backend)
+    assert (lab == 0).all()

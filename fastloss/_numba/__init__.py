@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import may_overlap
 from . import _jit
 from . import _elementwise as _ew
 from . import _softmax as _sm
@@ -74,7 +75,7 @@ def elementwise(op, z, y, w, pw, grad, loss, scale):
     # block whose float32 loss sum overflowed): only for a gradient not over them
     plain = (w is None and pw is None and grad is not None and loss is None
              and (z.dtype != np.float32
-                  or not (np.may_share_memory(grad, z) or np.may_share_memory(grad, y))))
+                  or not (may_overlap(grad, z) or may_overlap(grad, y))))
     serial, parallel = _ew.KERNELS[op][plain]
     w = e if w is None else w
     pw = e if pw is None else pw
