@@ -96,7 +96,7 @@ def _elementwise(op, logits, target, weight, pos_weight, reduction, return_grad,
     if pos_weight is not None and op == "sigmoid_bce":
         pw = V.periodic_param(pos_weight, shape, cdt, "pos_weight")
     if out is not None:
-        V.check_out(out, shape, rdt, (logits, target, weight, pos_weight))
+        V.check_out(out, shape, rdt, logits, target, weight, pos_weight)
     mod = _backends.resolve(backend)
 
     n = z.size
@@ -290,7 +290,7 @@ def _softmax(op, logits, target, axis, weight, ignore_index, smoothing, reductio
         raise TypeError(f"target must hold integer labels or float probabilities; got dtype {t.dtype}")
     w = None if weight is None else V.check_class_weight(weight, C, cdt)
     if out is not None:
-        V.check_out(out, z.shape, rdt, (logits, target, weight))
+        V.check_out(out, z.shape, rdt, logits, target, weight)
     mod = _backends.resolve(backend)
 
     # denominator of 'mean' (torch semantics; 0 when nothing counts)

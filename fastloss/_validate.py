@@ -182,23 +182,22 @@ def may_overlap(a, b):
     return _may_share(a, b)
 
 
-def check_out(out, shape, dtype, inputs):
+def check_out(out, shape, dtype, logits, *others):
     """Validate ``out=``: right shape and dtype, writeable, not overlapping inputs.
 
     ``out`` may be the logits array itself (in-place gradient); it may not
-    partially overlap it or overlap any other input.
+    partially overlap it or overlap any of ``others`` (targets, weights).
     """
     if out is None:
         return None
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy.ndarray; got {type(out).__name__}")
-    if out.shape != tuple(shape):
+    if out.shape != shape:  # (shape is a tuple: every caller passes an array's shape)
         raise ValueError(f"out must have the logits' shape {tuple(shape)}; got {out.shape}")
     if out.dtype != dtype:
         raise TypeError(f"out must have dtype {dtype} (the logits' dtype); got {out.dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only")
-    logits, *others = inputs
     if out is not logits and isinstance(logits, np.ndarray) and may_overlap(out, logits):
         same = (  # (out is logits: trivially the same; __array_interface__ costs ~1 us)
             out.__array_interface__["data"][0] == logits.__array_interface__["data"][0]
