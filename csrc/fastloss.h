@@ -14,7 +14,7 @@
  * count).  grad may be z itself.  Softmax kernels take z (R, C), exactly
  * one of labels (R,) int64 and probs (R, C), optional class weights w (C,),
  * always fill loss (R,) float64 and fill grad (R, C) when non-NULL; grad may
- * be z itself.
+ * be z itself; they return the float64 sum of loss (one fixed order).
  */
 #ifndef FASTLOSS_H
 #define FASTLOSS_H
@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 /* FL_CDEF_BEGIN */
-#define FL_ABI_VERSION 1
+#define FL_ABI_VERSION 2
 
 int fl_abi_version(void);
 /* Threads used for large inputs; n <= 0 restores the default
@@ -49,19 +49,19 @@ double fl_sigmoid_bce_f64(const double *z, const double *y, const double *w, int
                           const double *pw, int64_t Ppw,
                           double *grad, double *loss, int64_t n, double scale);
 
-void fl_softmax_cross_entropy_f32(const float *z, int64_t R, int64_t C,
+double fl_softmax_cross_entropy_f32(const float *z, int64_t R, int64_t C,
                                   const int64_t *labels, const float *probs,
                                   const float *w, int64_t ignore_index, double smoothing,
                                   float *grad, double *loss, double scale);
-void fl_softmax_cross_entropy_f64(const double *z, int64_t R, int64_t C,
+double fl_softmax_cross_entropy_f64(const double *z, int64_t R, int64_t C,
                                   const int64_t *labels, const double *probs,
                                   const double *w, int64_t ignore_index, double smoothing,
                                   double *grad, double *loss, double scale);
-void fl_softmax_mse_f32(const float *z, int64_t R, int64_t C,
+double fl_softmax_mse_f32(const float *z, int64_t R, int64_t C,
                         const int64_t *labels, const float *probs,
                         const float *w, int64_t ignore_index,
                         float *grad, double *loss, double scale);
-void fl_softmax_mse_f64(const double *z, int64_t R, int64_t C,
+double fl_softmax_mse_f64(const double *z, int64_t R, int64_t C,
                         const int64_t *labels, const double *probs,
                         const double *w, int64_t ignore_index,
                         double *grad, double *loss, double scale);

@@ -19,19 +19,21 @@ static void FL_N(fl_softmax)(fl_sm_ctx *c)
     fl_parallel_for(FL_PICK(FL_N(fl_rows)), c, c->R, per < 1 ? 1 : per);
 }
 
-void FL_N(fl_softmax_cross_entropy)(const T *z, int64_t R, int64_t C, const int64_t *labels, const T *probs,
-                                    const T *w, int64_t ignore_index, double smoothing, T *grad, double *loss,
-                                    double scale)
+double FL_N(fl_softmax_cross_entropy)(const T *z, int64_t R, int64_t C, const int64_t *labels, const T *probs,
+                                      const T *w, int64_t ignore_index, double smoothing, T *grad, double *loss,
+                                      double scale)
 {
     fl_sm_ctx c = {z, probs, w, labels, R, C, ignore_index, smoothing, grad, loss, scale, 0};
     FL_N(fl_softmax)(&c);
+    return fl_rows_total(loss, R);
 }
 
-void FL_N(fl_softmax_mse)(const T *z, int64_t R, int64_t C, const int64_t *labels, const T *probs,
-                          const T *w, int64_t ignore_index, T *grad, double *loss, double scale)
+double FL_N(fl_softmax_mse)(const T *z, int64_t R, int64_t C, const int64_t *labels, const T *probs,
+                            const T *w, int64_t ignore_index, T *grad, double *loss, double scale)
 {
     fl_sm_ctx c = {z, probs, w, labels, R, C, ignore_index, 0.0, grad, loss, scale, 1};
     FL_N(fl_softmax)(&c);
+    return fl_rows_total(loss, R);
 }
 
 #undef FL_N

@@ -1,4 +1,5 @@
 """C backend threading: deterministic sums, fork safety, GIL release, dispatch."""
+import math
 import os
 import subprocess
 import sys
@@ -56,11 +57,31 @@ def test_softmax_identical_for_any_thread_count(threads):
     for nt in (1, 2, 5):
         threads(nt)
         g, l = np.empty_like(z), np.empty(4099)
-        c.softmax_rows("softmax_cross_entropy", z, labels, None, None, -100, 0.0, g, l, 1.0)
-        out.append((g, l))
-    for g, l in out[1:]:
+        total = c.softmax_rows("softmax_cross_entropy", z, labels, None, None, -100, 0.0, g, l, 1.0)
+        out.append((g, l, total))
+    for g, l, total in out[1:]:
         np.testing.assert_array_equal(g, out[0][0])
         np.testing.assert_array_equal(l, out[0][1])
+        assert total.hex() == out[0][2].hex()  # the reduced loss too
+
+
+@pytest.mark.parametrize("op", ["softmax_cross_entropy", "softmax_mse"])
+@pytest.mark.parametrize("R", [1, 5, 1024, 1025, 3000])
+def test_softmax_total_is_the_rows_sum(op, R):
+    """The C kernels return the sum of the row losses: accurate, NaN and inf
+    carried, the same bits in place and loss-only."""
+    rng = np.random.default_rng(R)
+    z = (rng.standard_normal((R, 12)) * 3).astype(np.float32)
+    labels = rng.integers(0, 12, R)
+    g, l = np.empty_like(z), np.empty(R)
+    total = c.softmax_rows(op, z, labels, None, None, -100, 0.0, g, l, 1.0)
+    # 4 lanes of <= 256 rows a block, blocks added in order: terms >= 0
+    assert total == pytest.approx(math.fsum(l), rel=(256 + R // 1024 + 4) * 2.0**-53, abs=0.0)
+    zz, l2 = z.copy(), np.empty(R)
+    assert c.softmax_rows(op, zz, labels, None, None, -100, 0.0, zz, l2, 1.0).hex() == total.hex()
+    assert c.softmax_rows(op, z, labels, None, None, -100, 0.0, None, l2, 1.0).hex() == total.hex()
+    z[R // 2, 3] = np.nan
+    assert math.isnan(c.softmax_rows(op, z, labels, None, None, -100, 0.0, g, l, 1.0))
 
 
 def test_thread_count_from_environment():
