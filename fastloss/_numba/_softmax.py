@@ -280,6 +280,21 @@ def _smse_plain_lv(xy, e2_rest, S, p_y, p_max, tau, Q):
     return l, V, WT_T
 
 
+@jit
+def _smse_tied_grads(p_max, Q, tau, W_T, WT_T, V, scale, one_tied):
+    """The gradient of a tied entry of a plain softmax_mse row (w = 1,
+    one-hot t; p = p_max exactly): ``(label, other)``.  The general form's
+    arithmetic with its t, so the bits are the same; a row needs it twice,
+    not once per entry (a vector loop computes both sides of a select)."""
+    d1 = ((1.0 - 1.0) - Q) if one_tied else (p_max - 1.0)
+    d0 = ((1.0 - 0.0) - Q) if one_tied else (p_max - 0.0)
+    a1 = p_max * (tau - W_T) - (tau * 1.0 - WT_T)
+    a0 = p_max * (tau - W_T) - (tau * 0.0 - WT_T)
+    g1 = ((2.0 * p_max) * (p_max * a1 + (Q * d1 - V))) * scale
+    g0 = ((2.0 * p_max) * (p_max * a0 + (Q * d0 - V))) * scale
+    return g1, g0
+
+
 @jit_inline
 def _smse_entry(v, k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, Q, one_tied):
     """Entry k of a softmax_mse row from its stored (tie-tagged) e ``v``:
@@ -345,6 +360,15 @@ def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, 
     # difference is exact without weights when a tied class is the label
     w_bar = W_T / tau
     U_T = (w_bar - WT_T) - Q * w_bar
+    if plain:  # tied entries take one of two per-row values
+        g1, g0 = _smse_tied_grads(p_max, Q, tau, W_T, WT_T, V, scale, one_tied)
+        for k in range(C):
+            x = np.float64(wr[k])
+            p = abs(x) * rs if f32 else (abs(x) * inv_esc) / S
+            d = p - (1.0 if k == y else 0.0)
+            g = ((2.0 * p) * (p_max * (tau * d - U_T) + (Q * d - V))) * scale
+            wr[k] = (g1 if k == y else g0) if x > 0.0 else g
+        return
     for k in range(C):
         tied, p, tk, wk, d, u = _smse_entry(wr[k], k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, Q,
                                             one_tied)
@@ -463,8 +487,9 @@ def log1p_pos(s):
 
 
 # per-row float64 scratch of a short-row block: rows of one (_NF, _RB) array
-_F_M, _F_ZY, _F_S1, _F_RS, _F_TAU, _F_EREST, _F_Q, _F_L, _F_V, _F_WT, _F_UT, _F_SS, _F_PM = range(13)
-_NF = 13
+(_F_M, _F_ZY, _F_S1, _F_RS, _F_TAU, _F_EREST, _F_Q, _F_L, _F_V, _F_WT, _F_UT, _F_SS, _F_PM,
+ _F_G1, _F_G0) = range(15)
+_NF = 15
 # per-row int32 scratch: rows of one (4, _RB) array
 _I_AM, _I_NAN, _I_SPECIAL, _I_Y = range(4)
 
@@ -627,18 +652,18 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
         UT[i] = (1.0 - WT[i]) - Q[i]
     if grad.shape[0] == 0:
         return
-    no_p = np.empty((0, 0), z.dtype)
-    no_w = np.empty(0, z.dtype)
+    G1, G0 = F[_F_G1], F[_F_G0]
+    for i in range(nb):  # tied entries: two per-row values (as in _smse_tail_impl)
+        G1[i], G0[i] = _smse_tied_grads(PM[i], Q[i], tau[i], tau[i], WT[i], V[i], scale, tau[i] == 1.0)
     for k in range(C):
         Ek = E[k]
         for i in range(nb):
-            tied, p, tk, _, d, _ = _smse_entry(Ek[i], k, 0, yb[i], no_p, no_w, False, False, f32, rs[i], 1.0,
-                                               SS[i], Q[i], tau[i] == 1.0)
-            t_ = tau[i]
-            # tied: p_max (tau w - W_T) - (tau w t - WT_T), the first term 0 with w = 1
-            a_j = (0.0 - (t_ * tk - WT[i])) if tied else (t_ * d - UT[i])
-            G = PM[i] * a_j + (Q[i] * d - V[i])
-            Ek[i] = ((2.0 * p) * G) * scale
+            x = np.float64(Ek[i])
+            p = abs(x) * rs[i] if f32 else abs(x) / SS[i]
+            is_y = k == yb[i]
+            d = p - (1.0 if is_y else 0.0)
+            g = ((2.0 * p) * (PM[i] * (tau[i] * d - UT[i]) + (Q[i] * d - V[i]))) * scale
+            Ek[i] = (G1[i] if is_y else G0[i]) if x > 0.0 else g
     for i in range(nb):
         sp = special[i]
         for k in range(C):
