@@ -121,17 +121,18 @@ FL_INLINE void FL_V(fl_smse_exp)(const T *restrict z, double m, int64_t C, FL_EB
 
 /* Loss (and gradient) of a weighted or probability-target row from the
  * tagged e; has_p, has_w are constants after inlining (no per-entry
- * branches).  V is a running sum over blocks of 64 classes whose partials
- * (in vb) are added pairwise: u_j - sum p u cancels, V must be accurate. */
+ * branches).  l and V are running sums over blocks of 64 classes whose
+ * partials (lb, vb) are added pairwise: V cancels in u_j - sum p u, and a
+ * plain running l over a long row drifts by tens of ulp. */
 FL_INLINE void FL_V(fl_smse_general)(const FL_EBT *restrict e, T *restrict g, const T *restrict pr,
-                                     const T *restrict w, int64_t y, int64_t C, fl_smse_k *K, double *restrict vb,
-                                     double *lossp, int has_p, int has_w)
+                                     const T *restrict w, int64_t y, int64_t C, fl_smse_k *K, double *restrict lb,
+                                     double *restrict vb, double *lossp, int has_p, int has_w)
 {
-    double l = 0.0, W_T = 0.0, WT_T = 0.0;
+    double W_T = 0.0, WT_T = 0.0;
     int64_t nblk = 0;
     for (int64_t k0 = 0; k0 < C; k0 += 64) {
         int64_t k1 = C - k0 > 64 ? k0 + 64 : C;
-        double vpart = 0.0;
+        double l = 0.0, vpart = 0.0;
         for (int64_t k = k0; k < k1; k++) {
             double x = (double)e[k];
             int tied = x > 0.0;
@@ -145,9 +146,10 @@ FL_INLINE void FL_V(fl_smse_general)(const FL_EBT *restrict e, T *restrict g, co
             W_T += tied ? wk : 0.0;
             WT_T += tied ? wk * t : 0.0;
         }
+        lb[nblk] = l;
         vb[nblk++] = vpart;
     }
-    *lossp = l;
+    *lossp = fl_pairwise_inplace(lb, nblk);
     if (g == NULL)
         return;
     K->V = fl_pairwise_inplace(vb, nblk);
@@ -196,14 +198,13 @@ static FL_ATTR void FL_V(fl_smse_row)(const fl_sm_ctx *c, const T *restrict z, T
     K.one = tau == 1.0;
     K.sc = c->scale;
     if (pr != NULL || w != NULL) {
-        int64_t nv = (C + 63) / 64;
-        double *vb = eb + C + nv;  /* the pa/pb partials are spent; room for nv */
+        double *lb = eb + C, *vb = lb + (C + 63) / 64;  /* the pa/pb partials are spent */
         if (pr == NULL)
-            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, vb, lossp, 0, 1);
+            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, lb, vb, lossp, 0, 1);
         else if (w == NULL)
-            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, vb, lossp, 1, 0);
+            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, lb, vb, lossp, 1, 0);
         else
-            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, vb, lossp, 1, 1);
+            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, lb, vb, lossp, 1, 1);
         return;
     }
     /* plain (w = 1, one-hot t): no loss loop.  With P2 = sum_{not T} p^2
