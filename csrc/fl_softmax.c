@@ -21,8 +21,8 @@
 #define FL_RB 256      /* rows per short-row block: its copy (<= 32 KiB float64) stays in L1/L2 */
 
 /* per-row doubles of a short-row block: rows of FL_RB in one array */
-enum { FL_SF_ZY, FL_SF_S, FL_SF_RS, FL_SF_TAU, FL_SF_EREST, FL_SF_Q, FL_SF_PM, FL_SF_L, FL_SF_V, FL_SF_WT,
-       FL_SF_UT, FL_SF_N };
+enum { FL_SF_ZY, FL_SF_S, FL_SF_RS, FL_SF_TAU, FL_SF_EREST, FL_SF_E2, FL_SF_Q, FL_SF_PM, FL_SF_V, FL_SF_UT,
+       FL_SF_GT, FL_SF_GY, FL_SF_N };
 
 typedef struct {
     const void *z, *probs, *w;

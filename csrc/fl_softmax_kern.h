@@ -495,9 +495,10 @@ FL_INLINE void FL_V(fl_ce_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T
         if (!special[i])
             gb[i * C + yb[i]] = (T)gy[i];
 }
-/* Plain softmax_mse of a block after fl_small_front: fl_row's tie-aware
- * formulas with w = 1, so W_T = tau and WT_T = [the label is tied] (numba's
- * _smse_small_block).  F: FL_SF_N rows of FL_RB doubles. */
+/* Plain softmax_mse of a block after fl_small_front: fl_smse_row's plain
+ * formulas (w = 1: W_T = tau, WT_T = [the label is tied]) across rows, so
+ * there is no loss pass (numba's _smse_small_block).  F: FL_SF_N rows of
+ * FL_RB doubles. */
 FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T *restrict E,
                                          const T *restrict mz, const FL_IT *restrict yb,
                                          const FL_IT *restrict special, int ns,
@@ -507,15 +508,17 @@ FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb,
     const double sc = c->scale;
     const double esc = sizeof(T) == 4 ? 0x1p-100 : 1.0;  /* float32 e carries 2^100 */
     double *restrict tau = F + FL_SF_TAU * FL_RB, *restrict er = F + FL_SF_EREST * FL_RB;
-    double *restrict S = F + FL_SF_S * FL_RB, *restrict rs = F + FL_SF_RS * FL_RB;
-    double *restrict Q = F + FL_SF_Q * FL_RB, *restrict pm = F + FL_SF_PM * FL_RB;
-    double *restrict l = F + FL_SF_L * FL_RB, *restrict V = F + FL_SF_V * FL_RB;
-    double *restrict wt = F + FL_SF_WT * FL_RB, *restrict ut = F + FL_SF_UT * FL_RB;
+    double *restrict e2 = F + FL_SF_E2 * FL_RB, *restrict S = F + FL_SF_S * FL_RB;
+    double *restrict rs = F + FL_SF_RS * FL_RB, *restrict Q = F + FL_SF_Q * FL_RB;
+    double *restrict pm = F + FL_SF_PM * FL_RB, *restrict V = F + FL_SF_V * FL_RB;
+    double *restrict ut = F + FL_SF_UT * FL_RB, *restrict gt = F + FL_SF_GT * FL_RB;
+    double *restrict gy = F + FL_SF_GY * FL_RB;
     FL_V(fl_small_exp)(E, mz, C, nb, 1);
-    /* tau = |T| (exact counts), e_rest = sum of e off T */
+    /* tau = |T| (exact counts), the sums of e and e^2 off T */
     for (int i = 0; i < nb; i++) {
         tau[i] = 0.0;
         er[i] = 0.0;
+        e2[i] = 0.0;
     }
     for (int64_t k = 0; k < C; k++)
         for (int i = 0; i < nb; i++) {
@@ -523,56 +526,62 @@ FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb,
             int tied = v > 0.0;
             tau[i] += tied ? 1.0 : 0.0;
             er[i] += tied ? 0.0 : -v;
+            e2[i] += tied ? 0.0 : v * v;  /* float32: e^2 2^200, no overflow */
         }
+    /* per row: loss, V and U_T from the sums; T's gradient entry (t = 0)
+     * and the label's, read from the unrounded e */
     for (int i = 0; i < nb; i++) {
+        fl_smse_k K;
         double e_rest = er[i] * esc;  /* exact: a power of 2 */
-        double s = tau[i] + e_rest;   /* S = sum e: e = 1 on T; one rounding */
-        S[i] = s;
-        pm[i] = 1.0 / s;
-        rs[i] = esc / s;     /* float32: p = e 2^100 rs, one product */
-        Q[i] = e_rest / s;   /* sum of p off T = 1 - tau p_max, never a difference */
-        l[i] = 0.0;
-        V[i] = 0.0;
-        FL_IT y = yb[i] < 0 ? 0 : yb[i];
-        wt[i] = yb[i] >= 0 && E[y * FL_RB + i] > 0 ? 1.0 : 0.0;  /* WT_T: the label is tied */
-    }
-    /* loss sum d^2 and V = sum_{not T} p d; float64 blocks keep p (tagged)
-     * in E: one division per entry, not two */
-    for (int64_t k = 0; k < C; k++)
-        for (int i = 0; i < nb; i++) {
-            double x = (double)E[k * FL_RB + i];
-            int tied = x > 0.0;
-            double ax = __builtin_fabs(x);
-            double p = sizeof(T) == 4 ? ax * rs[i] : ax / S[i];
-            double t = (FL_IT)k == yb[i] ? 1.0 : 0.0;
-            /* a lone max: p_max - t = (1 - t) - Q, exact when p_max rounds to 1 */
-            double d = tied && tau[i] == 1.0 ? (1.0 - t) - Q[i] : p - t;
-            l[i] += d * d;
-            V[i] += tied ? 0.0 : p * d;
-            if (sizeof(T) == 8)
-                E[k * FL_RB + i] = (T)(tied ? p : -p);
-        }
-    for (int i = 0; i < nb; i++) {
-        c->loss[r0 + i] = l[i];
-        ut[i] = (1.0 - wt[i]) - Q[i];  /* U_T = (W_T/tau - WT_T) - Q W_T/tau, W_T/tau = 1 */
+        K.tau = tau[i];
+        K.S = tau[i] + e_rest;  /* sum e, e = 1 on T: one rounding */
+        K.pm = 1.0 / K.S;
+        K.rs = esc / K.S;       /* float32: p = e 2^100 rs, one product */
+        K.Q = e_rest / K.S;     /* 1 - tau p_max, never a difference */
+        K.one = tau[i] == 1.0;
+        K.sc = sc;
+        FL_IT y = yb[i] < 0 ? 0 : yb[i];  /* flagged rows: any in-range index */
+        double xy = (double)E[y * FL_RB + i];
+        int yt = xy > 0.0;
+        double py = FL_PX(xy, K);
+        double P2 = e2[i] * (esc * esc) / (K.S * K.S);  /* sum_{not T} p^2 */
+        double WT_T = yt ? 1.0 : 0.0;
+        /* V = P2 - [y not in T] p_y; l = P2 + [y not in T] (1 - 2 p_y) + T's
+         * d^2 (as fl_smse_row) */
+        K.V = yt ? P2 : P2 - py;
+        double l = yt ? P2 : P2 + (1.0 - 2.0 * py);
+        double dt = (1.0 - WT_T) - K.Q;  /* a lone max: exact when p_max rounds to 1 */
+        l += K.one ? dt * dt : (K.tau - WT_T) * (K.pm * K.pm) + WT_T * ((K.pm - 1.0) * (K.pm - 1.0));
+        c->loss[r0 + i] = l;
+        K.W_T = K.tau;
+        K.WT_T = WT_T;
+        K.U_T = (1.0 - WT_T) - K.Q;  /* (W_T/tau - WT_T) - Q W_T/tau, W_T/tau = 1 */
+        S[i] = K.S;
+        rs[i] = K.rs;
+        Q[i] = K.Q;
+        pm[i] = K.pm;
+        V[i] = K.V;
+        ut[i] = K.U_T;
+        gt[i] = fl_smse_g(1, K.pm, 0.0, 1.0, &K);
+        gy[i] = fl_smse_g(yt, py, 1.0, 1.0, &K);
     }
     if (c->g == NULL)
         return;
-    /* dl/dz_j = 2 p_j (p_max A_j + (Q d_j - V)) scale */
+    /* every entry as if t = 0 (T's entries are one value per row), rounded
+     * to T; the labels after the store */
     for (int64_t k = 0; k < C; k++)
         for (int i = 0; i < nb; i++) {
             double x = (double)E[k * FL_RB + i];
-            int tied = x > 0.0;
-            double ax = __builtin_fabs(x);
-            double p = sizeof(T) == 4 ? ax * rs[i] : ax;
-            double t = (FL_IT)k == yb[i] ? 1.0 : 0.0;
-            double d = tied && tau[i] == 1.0 ? (1.0 - t) - Q[i] : p - t;
-            /* tied: p_max (tau w - W_T) - (tau w t - WT_T), the first term 0 for w = 1 */
-            double a = tied ? 0.0 - (tau[i] * t - wt[i]) : tau[i] * d - ut[i];
-            double G = pm[i] * a + (Q[i] * d - V[i]);
-            E[k * FL_RB + i] = (T)((2.0 * p * G) * sc);
+            double p = sizeof(T) == 4 ? __builtin_fabs(x) * rs[i] : __builtin_fabs(x) / S[i];
+            /* fl_smse_g off T with t = 0, w = 1 */
+            double G = pm[i] * (tau[i] * p - ut[i]) + (Q[i] * p - V[i]);
+            E[k * FL_RB + i] = (T)(x > 0.0 ? gt[i] : (2.0 * p * G) * sc);
         }
     FL_V(fl_small_store)(c, r0, nb, E, special, ns);
+    T *gb = (T *)c->g + r0 * C;
+    for (int i = 0; i < nb; i++)
+        if (!special[i])
+            gb[i * C + yb[i]] = (T)gy[i];
 }
 
 /* Blocks b0..b1 of FL_RB rows, either op. */
