@@ -121,19 +121,21 @@ FL_INLINE void FL_V(fl_smse_exp)(const T *restrict z, double m, int64_t C, FL_EB
 
 /* Loss (and gradient) of a weighted or probability-target row from the
  * tagged e; has_p, has_w are constants after inlining (no per-entry
- * branches).  l and V are running sums over blocks of 64 classes whose
- * partials (lb, vb) are added pairwise: V cancels in u_j - sum p u, and a
- * plain running l over a long row drifts by tens of ulp. */
+ * branches).  Per block of 64 classes the terms go to small arrays (a
+ * vector loop: a running sum would keep it scalar) summed by fl_sum; the
+ * l and V block partials (lb, vb) are added pairwise: V cancels in u_j -
+ * sum p u, and one running l over a long row drifts by tens of ulp. */
 FL_INLINE void FL_V(fl_smse_general)(const FL_EBT *restrict e, T *restrict g, const T *restrict pr,
                                      const T *restrict w, int64_t y, int64_t C, fl_smse_k *K, double *restrict lb,
                                      double *restrict vb, double *lossp, int has_p, int has_w)
 {
     double W_T = 0.0, WT_T = 0.0;
+    double lt[64], vt[64], wt[64], wtt[64];
     int64_t nblk = 0;
     for (int64_t k0 = 0; k0 < C; k0 += 64) {
-        int64_t k1 = C - k0 > 64 ? k0 + 64 : C;
-        double l = 0.0, vpart = 0.0;
-        for (int64_t k = k0; k < k1; k++) {
+        int64_t n = C - k0 > 64 ? 64 : C - k0;
+        for (int64_t j = 0; j < n; j++) {
+            int64_t k = k0 + j;
             double x = (double)e[k];
             int tied = x > 0.0;
             double p = FL_PX(x, *K);
@@ -141,13 +143,15 @@ FL_INLINE void FL_V(fl_smse_general)(const FL_EBT *restrict e, T *restrict g, co
             double wk = has_w ? (double)w[k] : 1.0;
             double d = fl_smse_d(tied, p, t, K);
             double u = wk * d;
-            l += u * d;
-            vpart += tied ? 0.0 : p * u;
-            W_T += tied ? wk : 0.0;
-            WT_T += tied ? wk * t : 0.0;
+            lt[j] = u * d;
+            vt[j] = tied ? 0.0 : p * u;
+            wt[j] = tied ? wk : 0.0;
+            wtt[j] = tied ? wk * t : 0.0;
         }
-        lb[nblk] = l;
-        vb[nblk++] = vpart;
+        lb[nblk] = fl_sum(lt, n);
+        vb[nblk++] = fl_sum(vt, n);
+        W_T += fl_sum(wt, n);
+        WT_T += fl_sum(wtt, n);
     }
     *lossp = fl_pairwise_inplace(lb, nblk);
     if (g == NULL)
