@@ -139,7 +139,7 @@ def _check(z, lab, pr, w, scale):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("C", [33, 100, 1000, 2500])
+@pytest.mark.parametrize("C", [5, 16, 33, 100, 1000, 2500])
 @pytest.mark.parametrize("target", TARGETS)
 def test_rows_against_reference(target, C, dtype):
     z, labels = _rows(C, dtype, C)
