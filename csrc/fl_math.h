@@ -314,6 +314,72 @@ FL_INLINE double fl_sum_f32(const float *v, int64_t m)
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
+/* softmax_mse row sums from tie-tagged exponentials v[0..n) (classes tied
+ * with the max stored as +e, the rest as -e or -0): the tied count, and the
+ * sums of e and e^2 over the rest, in double.  Fixed order: lane q of 16
+ * takes j % 16 == q, then a fixed tree (as fl_sum_f32).  f32 (a constant
+ * after inlining): v is float, else double.  Callers keep n small (a block)
+ * and add block partials pairwise: e^2 sums of long rows stay accurate. */
+#if defined(__GNUC__)
+typedef int64_t fl_i8 __attribute__((vector_size(64)));
+/* 8 entries of v (float or double) as doubles; through a pointer, not a
+ * return value (a 64-byte vector return trips gcc's -Wpsabi note) */
+FL_INLINE void fl_load8(fl_v8 *x, const void *v, int64_t j, int f32)
+{
+    if (f32) {
+        fl_f8 xf;
+        memcpy(&xf, (const float *)v + j, sizeof xf);
+        *x = __builtin_convertvector(xf, fl_v8);
+    } else {
+        memcpy(x, (const double *)v + j, sizeof *x);
+    }
+}
+#endif
+FL_INLINE void fl_tagged_sums(const void *v, int64_t n, int f32, double *tau, double *s, double *s2)
+{
+    double a[16] = {0}, b[16] = {0};
+    int64_t cnt = 0;
+    int64_t j = 0;
+#if defined(__GNUC__)
+    fl_v8 a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
+    fl_i8 c0 = {0}, c1 = {0};
+    for (; j + 16 <= n; j += 16) {
+        fl_v8 x0, x1;
+        fl_load8(&x0, v, j, f32);
+        fl_load8(&x1, v, j + 8, f32);
+        fl_i8 t0 = x0 > 0.0, t1 = x1 > 0.0;  /* -1 on tied lanes */
+        /* untied: -x >= 0; tied lanes masked to +0 (bitwise: no select needed) */
+        fl_v8 u0 = (fl_v8)(~t0 & (fl_i8)(-x0)), u1 = (fl_v8)(~t1 & (fl_i8)(-x1));
+        c0 -= t0;
+        c1 -= t1;
+        a0 += u0;
+        a1 += u1;
+        b0 += u0 * u0;
+        b1 += u1 * u1;
+    }
+    memcpy(a, &a0, sizeof a0);
+    memcpy(a + 8, &a1, sizeof a1);
+    memcpy(b, &b0, sizeof b0);
+    memcpy(b + 8, &b1, sizeof b1);
+    for (int q = 0; q < 8; q++)
+        cnt += c0[q] + c1[q];
+#endif
+    for (; j < n; j++) {
+        double x = f32 ? (double)((const float *)v)[j] : ((const double *)v)[j];
+        double u = x > 0.0 ? 0.0 : -x;
+        cnt += x > 0.0;
+        a[j & 15] += u;
+        b[j & 15] += u * u;
+    }
+    for (int q = 0; q < 8; q++) {
+        a[q] += a[q + 8];
+        b[q] += b[q + 8];
+    }
+    *tau = (double)cnt;
+    *s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+    *s2 = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+}
+
 /* log1p(u) for float u in [0, 1] (or NaN) in float arithmetic, ~1 ulp:
  * u >= 1/2 goes through ln2 + log1p((u - 1)/2) (exact, Sterbenz), then the
  * atanh series in t = 2v/(2+v), 5 terms for |t| <= 0.29. */

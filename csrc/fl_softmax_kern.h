@@ -84,6 +84,171 @@ FL_INLINE double FL_V(fl_target_dot)(const T *restrict z, double m, const T *res
     return dot;
 }
 
+/* ---- softmax_mse rows.  With u = w (p - t), dl/dz_j = 2 p_j (u_j -
+ * sum_k p_k u_k); the bracket cancels to noise when most mass sits on
+ * classes tied with the max ([-40, 0, 0, 0]).  Split off T = {k: z_k == m}
+ * (e = 1, p = p_max), tau = |T|, and use sum p = 1:
+ *   u_j - sum p u = p_max (tau u_j - U_T) + (Q u_j - V),
+ * Q = sum_{not T} p, V = sum_{not T} p u (reference.py; fl_smse_g). ---- */
+
+/* p of a stored (tagged) e: float32 rows one product (e 2^100 rs; the extra
+ * rounding is far below float32's), float64 rows a division */
+#define FL_PX(x, K) (sizeof(T) == 4 ? __builtin_fabs(x) * (K).rs : __builtin_fabs(x) / (K).S)
+
+/* e = exp(z - m) into eb, tagged by sign: tied classes (z == m: e exactly
+ * 1) +e, the rest -e (an untied e may round to 1, so the tie must survive
+ * in the sign).  float32 rows: e 2^100 in float arithmetic (16 lanes; the
+ * 2^100 keeps e normal).  A +inf row takes the limit: e = 1 on its +inf
+ * entries, 0 elsewhere. */
+FL_INLINE void FL_V(fl_smse_exp)(const T *restrict z, double m, int64_t C, FL_EBT *restrict eb)
+{
+    if (m == __builtin_inf()) {
+        for (int64_t k = 0; k < C; k++)
+            eb[k] = z[k] == (T)m ? (FL_EBT)FL_ESC : -(FL_EBT)0.0;
+    } else if (sizeof(T) == 4) {
+        const float m32 = (float)m;  /* m is a float value: exact */
+        for (int64_t k = 0; k < C; k++) {
+            float e = fl_exp_scaled_f32((float)z[k], m32);
+            eb[k] = (float)z[k] == m32 ? e : -e;
+        }
+    } else {
+        for (int64_t k = 0; k < C; k++) {
+            double e = fl_exp_nonpos((double)z[k] - m, 0);  /* z - m <= 0, exact near the max */
+            eb[k] = (double)z[k] == m ? e : -e;
+        }
+    }
+}
+
+/* Loss (and gradient) of a weighted or probability-target row from the
+ * tagged e; has_p, has_w are constants after inlining (no per-entry
+ * branches).  Per block of 64 classes the terms go to small arrays (a
+ * vector loop: a running sum would keep it scalar) summed by fl_sum; the
+ * l and V block partials (lb, vb) are added pairwise: V cancels in u_j -
+ * sum p u, and one running l over a long row drifts by tens of ulp. */
+FL_INLINE void FL_V(fl_smse_general)(const FL_EBT *restrict e, T *restrict g, const T *restrict pr,
+                                     const T *restrict w, int64_t y, int64_t C, fl_smse_k *K, double *restrict lb,
+                                     double *restrict vb, double *lossp, int has_p, int has_w)
+{
+    double W_T = 0.0, WT_T = 0.0;
+    double lt[64], vt[64], wt[64], wtt[64];
+    int64_t nblk = 0;
+    for (int64_t k0 = 0; k0 < C; k0 += 64) {
+        int64_t n = C - k0 > 64 ? 64 : C - k0;
+        for (int64_t j = 0; j < n; j++) {
+            int64_t k = k0 + j;
+            double x = (double)e[k];
+            int tied = x > 0.0;
+            double p = FL_PX(x, *K);
+            double t = has_p ? (double)pr[k] : (k == y ? 1.0 : 0.0);
+            double wk = has_w ? (double)w[k] : 1.0;
+            double d = fl_smse_d(tied, p, t, K);
+            double u = wk * d;
+            lt[j] = u * d;
+            vt[j] = tied ? 0.0 : p * u;
+            wt[j] = tied ? wk : 0.0;
+            wtt[j] = tied ? wk * t : 0.0;
+        }
+        lb[nblk] = fl_sum(lt, n);
+        vb[nblk++] = fl_sum(vt, n);
+        W_T += fl_sum(wt, n);
+        WT_T += fl_sum(wtt, n);
+    }
+    *lossp = fl_pairwise_inplace(lb, nblk);
+    if (g == NULL)
+        return;
+    K->V = fl_pairwise_inplace(vb, nblk);
+    K->W_T = W_T;
+    K->WT_T = WT_T;
+    /* U_T = p_max W_T - WT_T cancels when a tied class is the label; with
+     * tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau */
+    double w_bar = W_T / K->tau;
+    K->U_T = (w_bar - WT_T) - K->Q * w_bar;
+    for (int64_t k = 0; k < C; k++) {
+        double x = (double)e[k];
+        double t = has_p ? (double)pr[k] : (k == y ? 1.0 : 0.0);
+        double wk = has_w ? (double)w[k] : 1.0;
+        g[k] = (T)fl_smse_g(x > 0.0, FL_PX(x, *K), t, wk, K);
+    }
+}
+
+/* softmax_mse of a valid row (no NaN, max m > -inf) into *lossp and g
+ * (may be z: z is read only by the exp pass). */
+static FL_ATTR void FL_V(fl_smse_row)(const fl_sm_ctx *c, const T *restrict z, T *g, const T *restrict pr,
+                                      const T *restrict w, int64_t y, double m, double *eb, double *lossp)
+{
+    const int64_t C = c->C;
+    FL_EBT *restrict e = (FL_EBT *)eb;
+    FL_V(fl_smse_exp)(z, m, C, e);
+    /* tau, and the sums of e and e^2 off T: blocks, partials added pairwise
+     * (after the float buffer, which takes at most C / 2 doubles) */
+    int64_t nblk = (C + FL_TS_BLOCK - 1) / FL_TS_BLOCK;
+    double *pa = eb + C, *pb = pa + nblk;
+    double tau = 0.0;
+    for (int64_t b = 0; b < nblk; b++) {
+        int64_t k0 = b * FL_TS_BLOCK, n = C - k0 < FL_TS_BLOCK ? C - k0 : FL_TS_BLOCK;
+        double tb;
+        fl_tagged_sums(e + k0, n, sizeof(T) == 4, &tb, &pa[b], &pb[b]);
+        tau += tb;  /* exact: integer counts */
+    }
+    /* float32 rows: e 2^100, e^2 2^200 (<= 2^200: no overflow); the rescale is exact */
+    double e_rest = fl_pairwise_inplace(pa, nblk) * (1.0 / FL_ESC);
+    double e2_rest = fl_pairwise_inplace(pb, nblk) * (1.0 / (FL_ESC * FL_ESC));
+    fl_smse_k K;
+    K.tau = tau;
+    K.S = tau + e_rest;  /* sum e with e = 1 on T: one rounding, no sum over T */
+    K.pm = 1.0 / K.S;
+    K.rs = (1.0 / FL_ESC) / K.S;
+    K.Q = e_rest / K.S;  /* 1 - tau p_max, never formed as a difference */
+    K.one = tau == 1.0;
+    K.sc = c->scale;
+    if (pr != NULL || w != NULL) {
+        double *lb = eb + C, *vb = lb + (C + 63) / 64;  /* the pa/pb partials are spent */
+        if (pr == NULL)
+            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, lb, vb, lossp, 0, 1);
+        else if (w == NULL)
+            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, lb, vb, lossp, 1, 0);
+        else
+            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, lb, vb, lossp, 1, 1);
+        return;
+    }
+    /* plain (w = 1, one-hot t): no loss loop.  With P2 = sum_{not T} p^2
+     * (e^2_rest / S^2):  V = P2 - [y not in T] p_y and
+     * l = P2 + [y not in T] (1 - 2 p_y) + the d^2 of T's classes */
+    double xy = (double)e[y];
+    int yt = xy > 0.0;
+    double py = FL_PX(xy, K);
+    double P2 = e2_rest / (K.S * K.S);
+    double WT_T = yt ? 1.0 : 0.0;
+    double l;
+    if (yt) {
+        K.V = P2;
+        l = P2;
+    } else {
+        K.V = P2 - py;
+        l = P2 + (1.0 - 2.0 * py);  /* = P2 - p_y^2 + (p_y - 1)^2; p_y <= 1/2: no cancellation */
+    }
+    if (K.one) {
+        double dt = (1.0 - WT_T) - K.Q;
+        l += dt * dt;
+    } else {  /* d = p_max - t on T */
+        l += (tau - WT_T) * (K.pm * K.pm) + WT_T * ((K.pm - 1.0) * (K.pm - 1.0));
+    }
+    *lossp = l;
+    if (g == NULL)
+        return;
+    K.W_T = tau;
+    K.WT_T = WT_T;
+    K.U_T = (1.0 - WT_T) - K.Q;  /* (W_T/tau - WT_T) - Q W_T/tau with W_T/tau = 1 */
+    /* every entry as if t = 0 (T's entries are one value), the label after */
+    T *restrict gr = g;  /* the loop reads only e */
+    const T gT = (T)fl_smse_g(1, K.pm, 0.0, 1.0, &K);
+    for (int64_t k = 0; k < C; k++) {
+        double x = (double)e[k];
+        gr[k] = x > 0.0 ? gT : (T)fl_smse_g(0, FL_PX(x, K), 0.0, 1.0, &K);
+    }
+    gr[y] = (T)fl_smse_g(yt, py, 1.0, 1.0, &K);
+}
+
 /* Row r, with the work buffer eb (fl_row_buf_len doubles, NULL when out of
  * memory). */
 static FL_ATTR void FL_V(fl_row)(const fl_sm_ctx *c, int64_t r, double *eb)
@@ -125,6 +290,10 @@ static FL_ATTR void FL_V(fl_row)(const fl_sm_ctx *c, int64_t r, double *eb)
             FL_V(fl_fill)(g, C, eb == NULL ? __builtin_nan("") : 0.0);
             return;
         }
+        if (c->op_mse) {
+            FL_V(fl_smse_row)(c, z, g, pr, w, y, (double)mx, eb, &c->loss[r]);
+            return;
+        }
         int64_t am = 0;  /* first index holding mx: test 16 entries at once, then scan that block */
         for (int64_t b0 = 0; b0 < C; b0 += 16) {
             int64_t b1 = C - b0 < 16 ? C : b0 + 16;
@@ -139,7 +308,7 @@ static FL_ATTR void FL_V(fl_row)(const fl_sm_ctx *c, int64_t r, double *eb)
             }
         }
         double m = mx;
-        if (sizeof(T) == 4 && C >= FL_F32_ROW_MIN && !c->op_mse && c->probs == NULL && spread == 0.0 && m < __builtin_inf()) {
+        if (sizeof(T) == 4 && C >= FL_F32_ROW_MIN && c->probs == NULL && spread == 0.0 && m < __builtin_inf()) {
             FL_V(fl_ce_row_f32)(c, z, g, y, m, am, (float *)eb, &c->loss[r]);
             return;
         }
@@ -154,104 +323,33 @@ static FL_ATTR void FL_V(fl_row)(const fl_sm_ctx *c, int64_t r, double *eb)
          * far below float32's) instead of a division per entry */
         double invS = 1.0 / S;
 #define FL_P(k) (sizeof(T) == 4 ? eb[k] * invS : eb[k] / S)
-        if (!c->op_mse) {
-            double A, Ar, dot;
-            int plain = pr == NULL && spread == 0.0;  /* one-hot labels: one nonzero a */
-            if (plain) {
-                A = w != NULL ? (double)w[y] : 1.0;
-                Ar = y == am ? 0.0 : A;
-                dot = fl_target_term(A, (double)z[y], m);
-            } else {
-                dot = FL_V(fl_target_dot)(z, m, pr, y, w, C, keep, spread, am, &A, &Ar);
-            }
-            /* -sum a log p = A log S - sum a (z - m): both terms >= 0, so a
-             * dominant label (p -> 1) loses nothing to cancellation */
-            c->loss[r] = A * fl_log1p_nonneg(s1) - dot;
-            if (g == NULL)
-                return;
-            if (plain) {
-                for (int64_t k = 0; k < C; k++)
-                    g[k] = (T)(sc * (FL_P(k) * A));
-                g[y] = (T)(sc * (FL_P(y) * A - A));
-            } else {
-                for (int64_t k = 0; k < C; k++) {
-                    double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
-                    double a = t * (w != NULL ? (double)w[k] : 1.0);
-                    g[k] = (T)(sc * (FL_P(k) * A - a));
-                }
-            }
-            /* argmax entry: p A - a = A' - A q, exact when p rounds to 1 */
-            g[am] = (T)(sc * (Ar - A * q));
+        double A, Ar, dot;
+        int plain = pr == NULL && spread == 0.0;  /* one-hot labels: one nonzero a */
+        if (plain) {
+            A = w != NULL ? (double)w[y] : 1.0;
+            Ar = y == am ? 0.0 : A;
+            dot = fl_target_term(A, (double)z[y], m);
         } else {
-            /* With u = w (p - t), dl/dz_j = 2 p_j (u_j - sum_k p_k u_k); the
-             * bracket cancels to noise when most mass sits on classes tied
-             * with the max ([-40, 0, 0, 0]).  Split off T = {k: z_k == m}
-             * (e = 1, p = p_max), tau = |T|, and use sum p = 1:
-             *   u_j - sum p u = p_max (tau u_j - U_T) + (Q u_j - V),
-             * Q = sum_{not T} p, V = sum_{not T} p u (reference.py). */
-            /* One pass: tau, and Q and V as running sums over blocks of 64
-             * classes whose partials are summed pairwise (accurate on long
-             * rows, no row-sized buffer).  d on T depends on Q only when
-             * tau == 1, i.e. T = {am}: that entry is added after the pass. */
-            double *pb = eb + C;  /* Q partials, then V partials: <= C / 2 + 1 each */
-            double *vb = pb + (C + 63) / 64;
-            double tau = 0.0, l = 0.0, lT = 0.0, W_T = 0.0, WT_T = 0.0;
-            int64_t nblk = 0;
-            for (int64_t k0 = 0; k0 < C; k0 += 64) {
-                int64_t k1 = C - k0 > 64 ? k0 + 64 : C;
-                double qpart = 0.0, vpart = 0.0;
-                for (int64_t k = k0; k < k1; k++) {
-                    int in_t = (double)z[k] == m;
-                    double p = FL_P(k);
-                    double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
-                    double wk = w != NULL ? (double)w[k] : 1.0;
-                    double d = p - t;
-                    double u = wk * d;
-                    tau += in_t ? 1.0 : 0.0;
-                    qpart += in_t ? 0.0 : eb[k];
-                    l += in_t ? 0.0 : u * d;
-                    lT += in_t ? u * d : 0.0;
-                    vpart += in_t ? 0.0 : p * u;
-                    W_T += in_t ? wk : 0.0;
-                    WT_T += in_t ? wk * t : 0.0;
-                }
-                pb[nblk] = qpart;
-                vb[nblk++] = vpart;
-            }
-            double p_max = 1.0 / S;
-            double Q = fl_pairwise_inplace(pb, nblk) / S;  /* 1 - tau p_max, never a difference */
-            int single = tau == 1.0;
-            if (single) {
-                /* tau == 1: p_max - t = (1 - t) - Q, exact when p_max rounds to 1 */
-                double t = fl_target(pr != NULL ? (double)pr[am] : (am == y ? 1.0 : 0.0), keep, spread);
-                double d = (1.0 - t) - Q;
-                double u = (w != NULL ? (double)w[am] : 1.0) * d;
-                lT = u * d;
-            }
-            l += lT;
-            c->loss[r] = l;
-            if (g == NULL)
-                return;
-            double V = fl_pairwise_inplace(vb, nblk);  /* u_j - sum p u cancels: an accurate sum */
-            /* U_T = p_max W_T - WT_T cancels when a tied class is the label;
-             * with tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau */
-            double w_bar = W_T / tau;
-            double U_T = (w_bar - WT_T) - Q * w_bar;
+            dot = FL_V(fl_target_dot)(z, m, pr, y, w, C, keep, spread, am, &A, &Ar);
+        }
+        /* -sum a log p = A log S - sum a (z - m): both terms >= 0, so a
+         * dominant label (p -> 1) loses nothing to cancellation */
+        c->loss[r] = A * fl_log1p_nonneg(s1) - dot;
+        if (g == NULL)
+            return;
+        if (plain) {
+            for (int64_t k = 0; k < C; k++)
+                g[k] = (T)(sc * (FL_P(k) * A));
+            g[y] = (T)(sc * (FL_P(y) * A - A));
+        } else {
             for (int64_t k = 0; k < C; k++) {
-                int in_t = (double)z[k] == m;
-                double p = FL_P(k);
                 double t = fl_target(pr != NULL ? (double)pr[k] : (k == y ? 1.0 : 0.0), keep, spread);
-                double wk = w != NULL ? (double)w[k] : 1.0;
-                double d = in_t && single ? (1.0 - t) - Q : p - t;
-                double u = wk * d;
-                double tw = tau * wk;
-                /* tied j: p_max (tau w_j - W_T) - (tau w_j t_j - WT_T), whose
-                 * differences are exact for unweighted rows */
-                double Aj = in_t ? p_max * (tw - W_T) - (tw * t - WT_T) : tau * u - U_T;
-                double G = p_max * Aj + (Q * u - V);
-                g[k] = (T)((2.0 * p * G) * sc);
+                double a = t * (w != NULL ? (double)w[k] : 1.0);
+                g[k] = (T)(sc * (FL_P(k) * A - a));
             }
         }
+        /* argmax entry: p A - a = A' - A q, exact when p rounds to 1 */
+        g[am] = (T)(sc * (Ar - A * q));
     }
 }
 #undef FL_P
@@ -401,9 +499,10 @@ FL_INLINE void FL_V(fl_ce_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T
         if (!special[i])
             gb[i * C + yb[i]] = (T)gy[i];
 }
-/* Plain softmax_mse of a block after fl_small_front: fl_row's tie-aware
- * formulas with w = 1, so W_T = tau and WT_T = [the label is tied] (numba's
- * _smse_small_block).  F: FL_SF_N rows of FL_RB doubles. */
+/* Plain softmax_mse of a block after fl_small_front: fl_smse_row's plain
+ * formulas (w = 1: W_T = tau, WT_T = [the label is tied]) across rows, so
+ * there is no loss pass (numba's _smse_small_block).  F: FL_SF_N rows of
+ * FL_RB doubles. */
 FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T *restrict E,
                                          const T *restrict mz, const FL_IT *restrict yb,
                                          const FL_IT *restrict special, int ns,
@@ -413,15 +512,17 @@ FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb,
     const double sc = c->scale;
     const double esc = sizeof(T) == 4 ? 0x1p-100 : 1.0;  /* float32 e carries 2^100 */
     double *restrict tau = F + FL_SF_TAU * FL_RB, *restrict er = F + FL_SF_EREST * FL_RB;
-    double *restrict S = F + FL_SF_S * FL_RB, *restrict rs = F + FL_SF_RS * FL_RB;
-    double *restrict Q = F + FL_SF_Q * FL_RB, *restrict pm = F + FL_SF_PM * FL_RB;
-    double *restrict l = F + FL_SF_L * FL_RB, *restrict V = F + FL_SF_V * FL_RB;
-    double *restrict wt = F + FL_SF_WT * FL_RB, *restrict ut = F + FL_SF_UT * FL_RB;
+    double *restrict e2 = F + FL_SF_E2 * FL_RB, *restrict S = F + FL_SF_S * FL_RB;
+    double *restrict rs = F + FL_SF_RS * FL_RB, *restrict Q = F + FL_SF_Q * FL_RB;
+    double *restrict pm = F + FL_SF_PM * FL_RB, *restrict V = F + FL_SF_V * FL_RB;
+    double *restrict ut = F + FL_SF_UT * FL_RB, *restrict gt = F + FL_SF_GT * FL_RB;
+    double *restrict gy = F + FL_SF_GY * FL_RB;
     FL_V(fl_small_exp)(E, mz, C, nb, 1);
-    /* tau = |T| (exact counts), e_rest = sum of e off T */
+    /* tau = |T| (exact counts), the sums of e and e^2 off T */
     for (int i = 0; i < nb; i++) {
         tau[i] = 0.0;
         er[i] = 0.0;
+        e2[i] = 0.0;
     }
     for (int64_t k = 0; k < C; k++)
         for (int i = 0; i < nb; i++) {
@@ -429,56 +530,62 @@ FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb,
             int tied = v > 0.0;
             tau[i] += tied ? 1.0 : 0.0;
             er[i] += tied ? 0.0 : -v;
+            e2[i] += tied ? 0.0 : v * v;  /* float32: e^2 2^200, no overflow */
         }
+    /* per row: loss, V and U_T from the sums; T's gradient entry (t = 0)
+     * and the label's, read from the unrounded e */
     for (int i = 0; i < nb; i++) {
+        fl_smse_k K;
         double e_rest = er[i] * esc;  /* exact: a power of 2 */
-        double s = tau[i] + e_rest;   /* S = sum e: e = 1 on T; one rounding */
-        S[i] = s;
-        pm[i] = 1.0 / s;
-        rs[i] = esc / s;     /* float32: p = e 2^100 rs, one product */
-        Q[i] = e_rest / s;   /* sum of p off T = 1 - tau p_max, never a difference */
-        l[i] = 0.0;
-        V[i] = 0.0;
-        FL_IT y = yb[i] < 0 ? 0 : yb[i];
-        wt[i] = yb[i] >= 0 && E[y * FL_RB + i] > 0 ? 1.0 : 0.0;  /* WT_T: the label is tied */
-    }
-    /* loss sum d^2 and V = sum_{not T} p d; float64 blocks keep p (tagged)
-     * in E: one division per entry, not two */
-    for (int64_t k = 0; k < C; k++)
-        for (int i = 0; i < nb; i++) {
-            double x = (double)E[k * FL_RB + i];
-            int tied = x > 0.0;
-            double ax = __builtin_fabs(x);
-            double p = sizeof(T) == 4 ? ax * rs[i] : ax / S[i];
-            double t = (FL_IT)k == yb[i] ? 1.0 : 0.0;
-            /* a lone max: p_max - t = (1 - t) - Q, exact when p_max rounds to 1 */
-            double d = tied && tau[i] == 1.0 ? (1.0 - t) - Q[i] : p - t;
-            l[i] += d * d;
-            V[i] += tied ? 0.0 : p * d;
-            if (sizeof(T) == 8)
-                E[k * FL_RB + i] = (T)(tied ? p : -p);
-        }
-    for (int i = 0; i < nb; i++) {
-        c->loss[r0 + i] = l[i];
-        ut[i] = (1.0 - wt[i]) - Q[i];  /* U_T = (W_T/tau - WT_T) - Q W_T/tau, W_T/tau = 1 */
+        K.tau = tau[i];
+        K.S = tau[i] + e_rest;  /* sum e, e = 1 on T: one rounding */
+        K.pm = 1.0 / K.S;
+        K.rs = esc / K.S;       /* float32: p = e 2^100 rs, one product */
+        K.Q = e_rest / K.S;     /* 1 - tau p_max, never a difference */
+        K.one = tau[i] == 1.0;
+        K.sc = sc;
+        FL_IT y = yb[i] < 0 ? 0 : yb[i];  /* flagged rows: any in-range index */
+        double xy = (double)E[y * FL_RB + i];
+        int yt = xy > 0.0;
+        double py = FL_PX(xy, K);
+        double P2 = e2[i] * (esc * esc) / (K.S * K.S);  /* sum_{not T} p^2 */
+        double WT_T = yt ? 1.0 : 0.0;
+        /* V = P2 - [y not in T] p_y; l = P2 + [y not in T] (1 - 2 p_y) + T's
+         * d^2 (as fl_smse_row) */
+        K.V = yt ? P2 : P2 - py;
+        double l = yt ? P2 : P2 + (1.0 - 2.0 * py);
+        double dt = (1.0 - WT_T) - K.Q;  /* a lone max: exact when p_max rounds to 1 */
+        l += K.one ? dt * dt : (K.tau - WT_T) * (K.pm * K.pm) + WT_T * ((K.pm - 1.0) * (K.pm - 1.0));
+        c->loss[r0 + i] = l;
+        K.W_T = K.tau;
+        K.WT_T = WT_T;
+        K.U_T = (1.0 - WT_T) - K.Q;  /* (W_T/tau - WT_T) - Q W_T/tau, W_T/tau = 1 */
+        S[i] = K.S;
+        rs[i] = K.rs;
+        Q[i] = K.Q;
+        pm[i] = K.pm;
+        V[i] = K.V;
+        ut[i] = K.U_T;
+        gt[i] = fl_smse_g(1, K.pm, 0.0, 1.0, &K);
+        gy[i] = fl_smse_g(yt, py, 1.0, 1.0, &K);
     }
     if (c->g == NULL)
         return;
-    /* dl/dz_j = 2 p_j (p_max A_j + (Q d_j - V)) scale */
+    /* every entry as if t = 0 (T's entries are one value per row), rounded
+     * to T; the labels after the store */
     for (int64_t k = 0; k < C; k++)
         for (int i = 0; i < nb; i++) {
             double x = (double)E[k * FL_RB + i];
-            int tied = x > 0.0;
-            double ax = __builtin_fabs(x);
-            double p = sizeof(T) == 4 ? ax * rs[i] : ax;
-            double t = (FL_IT)k == yb[i] ? 1.0 : 0.0;
-            double d = tied && tau[i] == 1.0 ? (1.0 - t) - Q[i] : p - t;
-            /* tied: p_max (tau w - W_T) - (tau w t - WT_T), the first term 0 for w = 1 */
-            double a = tied ? 0.0 - (tau[i] * t - wt[i]) : tau[i] * d - ut[i];
-            double G = pm[i] * a + (Q[i] * d - V[i]);
-            E[k * FL_RB + i] = (T)((2.0 * p * G) * sc);
+            double p = sizeof(T) == 4 ? __builtin_fabs(x) * rs[i] : __builtin_fabs(x) / S[i];
+            /* fl_smse_g off T with t = 0, w = 1 */
+            double G = pm[i] * (tau[i] * p - ut[i]) + (Q[i] * p - V[i]);
+            E[k * FL_RB + i] = (T)(x > 0.0 ? gt[i] : (2.0 * p * G) * sc);
         }
     FL_V(fl_small_store)(c, r0, nb, E, special, ns);
+    T *gb = (T *)c->g + r0 * C;
+    for (int i = 0; i < nb; i++)
+        if (!special[i])
+            gb[i * C + yb[i]] = (T)gy[i];
 }
 
 /* Blocks b0..b1 of FL_RB rows, either op. */
