@@ -22,3 +22,12 @@ def backend(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def threads():
+    """``set_num_threads`` of the C backend; the setting is restored after the test."""
+    c = pytest.importorskip("fastloss._c")
+    old = c.set_num_threads(0)
+    yield c.set_num_threads
+    c.set_num_threads(old)

@@ -22,13 +22,6 @@ CE = "softmax_cross_entropy"
 DTYPES = (np.float32, np.float64)
 
 
-@pytest.fixture
-def threads():
-    old = c.set_num_threads(0)
-    yield c.set_num_threads
-    c.set_num_threads(old)
-
-
 def _special_rows(z, labels, dtype, every=97):
     """Sprinkle rows needing the general code (and some that do not) over z."""
     R, C = z.shape

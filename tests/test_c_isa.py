@@ -1,8 +1,9 @@
 """Every compiled instruction-set variant of the C kernels matches the reference.
 
 The fastest variant this CPU supports runs in the main test process; here
-the slower ones run test_c_kernels.py in a subprocess with FASTLOSS_C_ISA
-capping the choice.
+the slower ones run test_c_kernels.py and the row-path tests (short rows,
+softmax_mse rows: GNU vector types lowered per variant) in a subprocess with
+FASTLOSS_C_ISA capping the choice.
 """
 import os
 import subprocess
@@ -29,7 +30,8 @@ def test_kernels_under_isa_cap(cap):
     probe = subprocess.run([sys.executable, "-c", "import fastloss._c as c; print(c.isa())"], env=env,
                            capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == cap, probe.stderr
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        os.path.join(HERE, "test_c_kernels.py")], env=env, capture_output=True, text=True,
-                       timeout=300)
+    # the kernel tests, and the row paths built on GNU vector types (lowered differently per variant)
+    files = [os.path.join(HERE, f) for f in ("test_c_kernels.py", "test_c_short_rows.py", "test_c_smse_rows.py")]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *files],
+                       env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

@@ -11,10 +11,6 @@ label among them or not, a lone max whose p rounds to 1 (label there or
 not), all classes tied, +-inf, huge and masked logits, rows longer than one
 1024-entry block of the row sums.
 """
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -29,13 +25,6 @@ if c.lib is None:
 OP = "softmax_mse"
 DTYPES = (np.float32, np.float64)
 TARGETS = ("labels", "weighted", "probs", "probs_weighted")
-
-
-@pytest.fixture
-def threads():
-    old = c.set_num_threads(0)
-    yield c.set_num_threads
-    c.set_num_threads(old)
 
 
 def _rows(C, dtype, seed, R=40):
@@ -256,22 +245,3 @@ def test_float32_rows_track_float64():
     lsc, gsc = _softmax_scales(OP, z.astype(np.float64), labels, None, None, 0.0, 1.0)
     assert_close(l32, l64, lsc, np.float32, "loss")
     assert_close(g32, g64, gsc, np.float32, "grad")
-
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-LEVEL = {"base": 0, "avx2": 3, "avx512": 4}
-
-
-@pytest.mark.parametrize("cap", ["base", "avx2"])
-def test_rows_under_isa_cap(cap):
-    """The row sums use GNU vector types, lowered differently per variant."""
-    if os.environ.get("FASTLOSS_C_ISA"):
-        pytest.skip("already running under an ISA cap")
-    if LEVEL[c.isa()] <= LEVEL[cap]:
-        pytest.skip(f"this process already runs the {c.isa()!r} kernels")
-    env = dict(os.environ, FASTLOSS_C_ISA=cap,
-               PYTHONPATH=os.path.dirname(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                        "-k", "not isa_cap", os.path.join(HERE, "test_c_smse_rows.py")], env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

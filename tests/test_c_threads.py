@@ -25,13 +25,6 @@ def _py(code, env=None, timeout=60):
                           text=True, timeout=timeout)
 
 
-@pytest.fixture
-def threads():
-    old = c.set_num_threads(0)
-    yield c.set_num_threads
-    c.set_num_threads(old)
-
-
 @pytest.mark.parametrize("op", ["mse", "sigmoid_bce"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_reduced_loss_identical_for_any_thread_count(op, dtype, threads):
