@@ -373,6 +373,58 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
  * Blocks are the unit of threading: a row's result depends only on the
  * row. ---- */
 
+/* Tile width of the block transposes: 256-bit tiles (8 float32, 4
+ * float64) in the AVX variants, 128-bit ones in the portable variant (no
+ * wider shuffles in SSE2). */
+#define FL_WIDE_base 0
+#define FL_WIDE_v3 1
+#define FL_WIDE_v4 1
+
+/* n x w tiles of d[k ds + i] = s[i ss + k], i < n, k < m, n, m >= w; the
+ * last tile of a row or column overlaps the one before (a move: the
+ * overlap rewrites the same bits). */
+FL_INLINE void FL_V(fl_tiles)(const T *restrict s, int64_t ss, T *restrict d, int64_t ds, int64_t n, int64_t m,
+                              int w)
+{
+#ifdef FL_HAVE_TILES
+    for (int64_t i = 0; i < n; i += w) {
+        const int64_t i0 = i + w <= n ? i : n - w;
+        for (int64_t k = 0; k < m; k += w) {
+            const int64_t k0 = k + w <= m ? k : m - w;
+            const T *si = s + i0 * ss + k0;
+            T *di = d + k0 * ds + i0;
+            if (sizeof(T) == 4 && w == 8)
+                fl_tile8_f32((const float *)si, ss, (float *)di, ds);
+            else if (sizeof(T) == 4)
+                fl_tile4_f32((const float *)si, ss, (float *)di, ds);
+            else if (w == 4)
+                fl_tile4_f64((const double *)si, ss, (double *)di, ds);
+            else
+                fl_tile2_f64((const double *)si, ss, (double *)di, ds);
+        }
+    }
+#endif
+}
+
+/* The n x m transpose d[k ds + i] = s[i ss + k] by tiles (the widest that
+ * fits both sides); returns 0, having done nothing, when none fits. */
+FL_INLINE int FL_V(fl_transpose)(const T *restrict s, int64_t ss, T *restrict d, int64_t ds, int64_t n, int64_t m)
+{
+#ifdef FL_HAVE_TILES
+    const int big = (sizeof(T) == 4 ? 8 : 4) >> !FL_CAT(FL_WIDE, VAR);
+    const int64_t lim = n < m ? n : m;
+    if (lim >= big) {
+        FL_V(fl_tiles)(s, ss, d, ds, n, m, big);
+        return 1;
+    }
+    if (FL_CAT(FL_WIDE, VAR) && lim >= big / 2) {
+        FL_V(fl_tiles)(s, ss, d, ds, n, m, big / 2);
+        return 1;
+    }
+#endif
+    return 0;
+}
+
 /* Rows r0..r0+nb into E (class-major), the row max mz and first argmax am,
  * labels yb (-1 when out of range) and z_y (read before the gradient is
  * written); flags the rows fl_row must redo and returns their count.  Max
@@ -384,12 +436,13 @@ FL_INLINE int FL_V(fl_small_front)(const fl_sm_ctx *c, int64_t r0, int nb, T *re
     const int64_t C = c->C;
     const T *restrict zb = (const T *)c->z + r0 * C;
     const int64_t *restrict lab = c->labels + r0;
-    /* class-major copy: contiguous stores; the NaN test waits for the max
-     * pass (in a row-major copy it kept the loop scalar).  Gathers (indexed
-     * loads) measured no faster here. */
-    for (int64_t k = 0; k < C; k++)
-        for (int i = 0; i < nb; i++)
-            E[k * FL_RB + i] = zb[i * C + k];
+    /* class-major copy by tiles, else contiguous stores; the NaN test
+     * waits for the max pass (in a row-major copy it kept the loop scalar).
+     * Gathers (indexed loads) measured no faster here. */
+    if (!FL_V(fl_transpose)(zb, C, E, FL_RB, nb, C))
+        for (int64_t k = 0; k < C; k++)
+            for (int i = 0; i < nb; i++)
+                E[k * FL_RB + i] = zb[i * C + k];
     for (int i = 0; i < nb; i++) {
         int64_t y = lab[i];
         int ok = y >= 0 && y < C;
@@ -450,9 +503,10 @@ FL_INLINE void FL_V(fl_small_store)(const fl_sm_ctx *c, int64_t r0, int nb, T *r
         if (special[i])
             for (int64_t k = 0; k < C; k++)
                 E[k * FL_RB + i] = zb[i * C + k];
-    for (int i = 0; i < nb; i++)
-        for (int64_t k = 0; k < C; k++)
-            gb[i * C + k] = E[k * FL_RB + i];
+    if (!FL_V(fl_transpose)(E, FL_RB, gb, C, C, nb))
+        for (int i = 0; i < nb; i++)
+            for (int64_t k = 0; k < C; k++)
+                gb[i * C + k] = E[k * FL_RB + i];
 }
 
 /* Plain cross-entropy of a block after fl_small_front (outputs of flagged
