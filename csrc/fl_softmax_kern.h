@@ -425,6 +425,13 @@ FL_INLINE int FL_V(fl_transpose)(const T *restrict s, int64_t ss, T *restrict d,
     return 0;
 }
 
+#if defined(__GNUC__)
+/* 64-byte vectors of T and of its same-width integer (compare masks) */
+typedef T FL_V(fl_vt) __attribute__((vector_size(64)));
+typedef FL_IT FL_V(fl_vi) __attribute__((vector_size(64)));
+#define FL_VL ((int)(64 / sizeof(T)))
+#endif
+
 /* Rows r0..r0+nb into E (class-major), the row max mz and first argmax am,
  * labels yb (-1 when out of range) and z_y (read before the gradient is
  * written); flags the rows fl_row must redo and returns their count.  Max
@@ -450,20 +457,43 @@ FL_INLINE int FL_V(fl_small_front)(const fl_sm_ctx *c, int64_t r0, int nb, T *re
         zy[i] = (double)E[(ok ? y : 0) * FL_RB + i];  /* from the copy: in cache */
     }
     /* first argmax by selects: a NaN never wins a comparison (flagged) */
-    for (int i = 0; i < nb; i++) {
-        T v = E[i];
-        mz[i] = v;
-        am[i] = 0;
-        special[i] = v != v;
-    }
-    for (int64_t k = 1; k < C; k++)
-        for (int i = 0; i < nb; i++) {
-            T v = E[k * FL_RB + i];
-            FL_IT gt = v > mz[i];
-            special[i] |= v != v;
-            am[i] = gt ? (FL_IT)k : am[i];
-            mz[i] = gt ? v : mz[i];
+#if defined(__GNUC__)
+    if (nb >= FL_VL) {  /* FL_VL rows at a time over all classes, in registers */
+        for (int i0 = 0; i0 < nb; i0 += FL_VL) {
+            const int i = i0 + FL_VL <= nb ? i0 : nb - FL_VL;  /* the last overlaps: same results */
+            FL_V(fl_vt) m, v;
+            memcpy(&m, E + i, sizeof m);
+            FL_V(fl_vi) a = {0}, nan = m != m;
+            for (int64_t k = 1; k < C; k++) {
+                memcpy(&v, E + k * FL_RB + i, sizeof v);
+                FL_V(fl_vi) gt = v > m;
+                nan |= v != v;
+                a = (a & ~gt) | (gt & (FL_IT)k);
+                m = (FL_V(fl_vt))(((FL_V(fl_vi))m & ~gt) | ((FL_V(fl_vi))v & gt));
+            }
+            nan &= 1;
+            memcpy(mz + i, &m, sizeof m);
+            memcpy(am + i, &a, sizeof a);
+            memcpy(special + i, &nan, sizeof nan);
         }
+    } else
+#endif
+    {
+        for (int i = 0; i < nb; i++) {
+            T v = E[i];
+            mz[i] = v;
+            am[i] = 0;
+            special[i] = v != v;
+        }
+        for (int64_t k = 1; k < C; k++)
+            for (int i = 0; i < nb; i++) {
+                T v = E[k * FL_RB + i];
+                FL_IT gt = v > mz[i];
+                special[i] |= v != v;
+                am[i] = gt ? (FL_IT)k : am[i];
+                mz[i] = gt ? v : mz[i];
+            }
+    }
     int ns = 0;
     for (int i = 0; i < nb; i++) {
         T m = mz[i];
