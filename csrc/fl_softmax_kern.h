@@ -373,12 +373,14 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
  * Blocks are the unit of threading: a row's result depends only on the
  * row. ---- */
 
-/* Tile width of the block transposes: 256-bit tiles (8 float32, 4
- * float64) in the AVX variants, 128-bit ones in the portable variant (no
- * wider shuffles in SSE2). */
-#define FL_WIDE_base 0
-#define FL_WIDE_v3 1
-#define FL_WIDE_v4 1
+/* Vector bytes of each variant: generic vectors wider than the registers
+ * can lower to scalar code (compares and selects did, 1.5-2.6x slower).
+ * The block transposes take 256-bit tiles (8 float32, 4 float64) in the
+ * AVX variants, 128-bit ones in the portable variant. */
+#define FL_VB_base 16
+#define FL_VB_v3 32
+#define FL_VB_v4 64
+#define FL_VB FL_CAT(FL_VB, VAR)
 
 /* n x w tiles of d[k ds + i] = s[i ss + k], i < n, k < m, n, m >= w; the
  * last tile of a row or column overlaps the one before (a move: the
@@ -411,13 +413,13 @@ FL_INLINE void FL_V(fl_tiles)(const T *restrict s, int64_t ss, T *restrict d, in
 FL_INLINE int FL_V(fl_transpose)(const T *restrict s, int64_t ss, T *restrict d, int64_t ds, int64_t n, int64_t m)
 {
 #ifdef FL_HAVE_TILES
-    const int big = (sizeof(T) == 4 ? 8 : 4) >> !FL_CAT(FL_WIDE, VAR);
+    const int big = (FL_VB >= 32 ? 32 : 16) / (int)sizeof(T);
     const int64_t lim = n < m ? n : m;
     if (lim >= big) {
         FL_V(fl_tiles)(s, ss, d, ds, n, m, big);
         return 1;
     }
-    if (FL_CAT(FL_WIDE, VAR) && lim >= big / 2) {
+    if (FL_VB >= 32 && lim >= big / 2) {
         FL_V(fl_tiles)(s, ss, d, ds, n, m, big / 2);
         return 1;
     }
@@ -426,10 +428,10 @@ FL_INLINE int FL_V(fl_transpose)(const T *restrict s, int64_t ss, T *restrict d,
 }
 
 #if defined(__GNUC__)
-/* 64-byte vectors of T and of its same-width integer (compare masks) */
-typedef T FL_V(fl_vt) __attribute__((vector_size(64)));
-typedef FL_IT FL_V(fl_vi) __attribute__((vector_size(64)));
-#define FL_VL ((int)(64 / sizeof(T)))
+/* register-wide vectors of T and of its same-width integer (compare masks) */
+typedef T FL_V(fl_vt) __attribute__((vector_size(FL_VB)));
+typedef FL_IT FL_V(fl_vi) __attribute__((vector_size(FL_VB)));
+#define FL_VL ((int)(FL_VB / sizeof(T)))
 #endif
 
 /* Rows r0..r0+nb into E (class-major), the row max mz and first argmax am,
@@ -458,7 +460,7 @@ FL_INLINE int FL_V(fl_small_front)(const fl_sm_ctx *c, int64_t r0, int nb, T *re
     }
     /* first argmax by selects: a NaN never wins a comparison (flagged) */
 #if defined(__GNUC__)
-    if (nb >= FL_VL) {  /* FL_VL rows at a time over all classes, in registers */
+    if (nb >= FL_VL) {  /* a vector of rows at a time over all classes, in registers */
         for (int i0 = 0; i0 < nb; i0 += FL_VL) {
             const int i = i0 + FL_VL <= nb ? i0 : nb - FL_VL;  /* the last overlaps: same results */
             FL_V(fl_vt) m, v;
