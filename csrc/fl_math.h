@@ -449,12 +449,16 @@ typedef float fl_t4f __attribute__((vector_size(16)));
 typedef double fl_t4d __attribute__((vector_size(32)));
 typedef double fl_t2d __attribute__((vector_size(16)));
 #define FL_SV __builtin_shufflevector
+/* a vector load as its own statement: loads in a loop over an array of
+ * vectors went through a stack copy in the AVX2 variant */
+#define FL_LD(VT, p) __extension__({ VT v_; memcpy(&v_, (p), sizeof v_); v_; })
 
 FL_INLINE void fl_tile8_f32(const float *restrict s, int64_t ss, float *restrict d, int64_t ds)
 {
-    fl_t8f r[8], t[8], u[8];
-    for (int q = 0; q < 8; q++)
-        memcpy(&r[q], s + q * ss, sizeof r[q]);
+    fl_t8f r[8] = {FL_LD(fl_t8f, s), FL_LD(fl_t8f, s + ss), FL_LD(fl_t8f, s + 2 * ss), FL_LD(fl_t8f, s + 3 * ss),
+                   FL_LD(fl_t8f, s + 4 * ss), FL_LD(fl_t8f, s + 5 * ss), FL_LD(fl_t8f, s + 6 * ss),
+                   FL_LD(fl_t8f, s + 7 * ss)};
+    fl_t8f t[8], u[8];
     for (int q = 0; q < 8; q += 2) {  /* unpacklo / unpackhi of row pairs */
         t[q] = FL_SV(r[q], r[q + 1], 0, 8, 1, 9, 4, 12, 5, 13);
         t[q + 1] = FL_SV(r[q], r[q + 1], 2, 10, 3, 11, 6, 14, 7, 15);
@@ -475,9 +479,8 @@ FL_INLINE void fl_tile8_f32(const float *restrict s, int64_t ss, float *restrict
 
 FL_INLINE void fl_tile4_f32(const float *restrict s, int64_t ss, float *restrict d, int64_t ds)
 {
-    fl_t4f r[4], t[4];
-    for (int q = 0; q < 4; q++)
-        memcpy(&r[q], s + q * ss, sizeof r[q]);
+    fl_t4f r[4] = {FL_LD(fl_t4f, s), FL_LD(fl_t4f, s + ss), FL_LD(fl_t4f, s + 2 * ss), FL_LD(fl_t4f, s + 3 * ss)};
+    fl_t4f t[4];
     t[0] = FL_SV(r[0], r[1], 0, 4, 1, 5);
     t[1] = FL_SV(r[0], r[1], 2, 6, 3, 7);
     t[2] = FL_SV(r[2], r[3], 0, 4, 1, 5);
@@ -492,9 +495,8 @@ FL_INLINE void fl_tile4_f32(const float *restrict s, int64_t ss, float *restrict
 
 FL_INLINE void fl_tile4_f64(const double *restrict s, int64_t ss, double *restrict d, int64_t ds)
 {
-    fl_t4d r[4], t[4];
-    for (int q = 0; q < 4; q++)
-        memcpy(&r[q], s + q * ss, sizeof r[q]);
+    fl_t4d r[4] = {FL_LD(fl_t4d, s), FL_LD(fl_t4d, s + ss), FL_LD(fl_t4d, s + 2 * ss), FL_LD(fl_t4d, s + 3 * ss)};
+    fl_t4d t[4];
     t[0] = FL_SV(r[0], r[1], 0, 4, 2, 6);
     t[1] = FL_SV(r[0], r[1], 1, 5, 3, 7);
     t[2] = FL_SV(r[2], r[3], 0, 4, 2, 6);
@@ -509,14 +511,13 @@ FL_INLINE void fl_tile4_f64(const double *restrict s, int64_t ss, double *restri
 
 FL_INLINE void fl_tile2_f64(const double *restrict s, int64_t ss, double *restrict d, int64_t ds)
 {
-    fl_t2d r0, r1;
-    memcpy(&r0, s, sizeof r0);
-    memcpy(&r1, s + ss, sizeof r1);
+    fl_t2d r0 = FL_LD(fl_t2d, s), r1 = FL_LD(fl_t2d, s + ss);
     fl_t2d o0 = FL_SV(r0, r1, 0, 2), o1 = FL_SV(r0, r1, 1, 3);
     memcpy(d, &o0, sizeof o0);
     memcpy(d + ds, &o1, sizeof o1);
 }
 #undef FL_SV
+#undef FL_LD
 #endif
 #endif
 
