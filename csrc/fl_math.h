@@ -435,4 +435,90 @@ FL_INLINE double fl_log1p_small(double e, double big, int lp)
     return fl_log_ge1_plus(u, (e - (u - 1.0)) * big, lp);
 }
 
+
+/* Square tile transposes d[j ds + r] = s[r ss + j] (n x n, strides in
+ * elements) by shuffles: gcc does not vectorise a strided copy with a
+ * runtime stride.  Loads and stores through memcpy (unaligned, no
+ * aliasing assumptions); the shuffles are the unpack / 128-bit-lane steps
+ * of the usual SSE/AVX transposes, so each maps to one instruction. */
+#if defined(__GNUC__) && defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define FL_HAVE_TILES 1
+typedef float fl_t8f __attribute__((vector_size(32)));
+typedef float fl_t4f __attribute__((vector_size(16)));
+typedef double fl_t4d __attribute__((vector_size(32)));
+typedef double fl_t2d __attribute__((vector_size(16)));
+#define FL_SV __builtin_shufflevector
+/* a vector load as its own statement: loads in a loop over an array of
+ * vectors went through a stack copy in the AVX2 variant */
+#define FL_LD(VT, p) __extension__({ VT v_; memcpy(&v_, (p), sizeof v_); v_; })
+
+FL_INLINE void fl_tile8_f32(const float *restrict s, int64_t ss, float *restrict d, int64_t ds)
+{
+    fl_t8f r[8] = {FL_LD(fl_t8f, s), FL_LD(fl_t8f, s + ss), FL_LD(fl_t8f, s + 2 * ss), FL_LD(fl_t8f, s + 3 * ss),
+                   FL_LD(fl_t8f, s + 4 * ss), FL_LD(fl_t8f, s + 5 * ss), FL_LD(fl_t8f, s + 6 * ss),
+                   FL_LD(fl_t8f, s + 7 * ss)};
+    fl_t8f t[8], u[8];
+    for (int q = 0; q < 8; q += 2) {  /* unpacklo / unpackhi of row pairs */
+        t[q] = FL_SV(r[q], r[q + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[q + 1] = FL_SV(r[q], r[q + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int q = 0; q < 8; q += 4) {  /* 64-bit pairs: classes j and j + 4 of 4 rows */
+        u[q] = FL_SV(t[q], t[q + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[q + 1] = FL_SV(t[q], t[q + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        u[q + 2] = FL_SV(t[q + 1], t[q + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[q + 3] = FL_SV(t[q + 1], t[q + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    for (int q = 0; q < 4; q++) {  /* 128-bit halves: rows 0-3 with rows 4-7 */
+        fl_t8f lo = FL_SV(u[q], u[q + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        fl_t8f hi = FL_SV(u[q], u[q + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+        memcpy(d + q * ds, &lo, sizeof lo);
+        memcpy(d + (q + 4) * ds, &hi, sizeof hi);
+    }
+}
+
+FL_INLINE void fl_tile4_f32(const float *restrict s, int64_t ss, float *restrict d, int64_t ds)
+{
+    fl_t4f r[4] = {FL_LD(fl_t4f, s), FL_LD(fl_t4f, s + ss), FL_LD(fl_t4f, s + 2 * ss), FL_LD(fl_t4f, s + 3 * ss)};
+    fl_t4f t[4];
+    t[0] = FL_SV(r[0], r[1], 0, 4, 1, 5);
+    t[1] = FL_SV(r[0], r[1], 2, 6, 3, 7);
+    t[2] = FL_SV(r[2], r[3], 0, 4, 1, 5);
+    t[3] = FL_SV(r[2], r[3], 2, 6, 3, 7);
+    fl_t4f o0 = FL_SV(t[0], t[2], 0, 1, 4, 5), o1 = FL_SV(t[0], t[2], 2, 3, 6, 7);
+    fl_t4f o2 = FL_SV(t[1], t[3], 0, 1, 4, 5), o3 = FL_SV(t[1], t[3], 2, 3, 6, 7);
+    memcpy(d, &o0, sizeof o0);
+    memcpy(d + ds, &o1, sizeof o1);
+    memcpy(d + 2 * ds, &o2, sizeof o2);
+    memcpy(d + 3 * ds, &o3, sizeof o3);
+}
+
+FL_INLINE void fl_tile4_f64(const double *restrict s, int64_t ss, double *restrict d, int64_t ds)
+{
+    fl_t4d r[4] = {FL_LD(fl_t4d, s), FL_LD(fl_t4d, s + ss), FL_LD(fl_t4d, s + 2 * ss), FL_LD(fl_t4d, s + 3 * ss)};
+    fl_t4d t[4];
+    t[0] = FL_SV(r[0], r[1], 0, 4, 2, 6);
+    t[1] = FL_SV(r[0], r[1], 1, 5, 3, 7);
+    t[2] = FL_SV(r[2], r[3], 0, 4, 2, 6);
+    t[3] = FL_SV(r[2], r[3], 1, 5, 3, 7);
+    fl_t4d o0 = FL_SV(t[0], t[2], 0, 1, 4, 5), o2 = FL_SV(t[0], t[2], 2, 3, 6, 7);
+    fl_t4d o1 = FL_SV(t[1], t[3], 0, 1, 4, 5), o3 = FL_SV(t[1], t[3], 2, 3, 6, 7);
+    memcpy(d, &o0, sizeof o0);
+    memcpy(d + ds, &o1, sizeof o1);
+    memcpy(d + 2 * ds, &o2, sizeof o2);
+    memcpy(d + 3 * ds, &o3, sizeof o3);
+}
+
+FL_INLINE void fl_tile2_f64(const double *restrict s, int64_t ss, double *restrict d, int64_t ds)
+{
+    fl_t2d r0 = FL_LD(fl_t2d, s), r1 = FL_LD(fl_t2d, s + ss);
+    fl_t2d o0 = FL_SV(r0, r1, 0, 2), o1 = FL_SV(r0, r1, 1, 3);
+    memcpy(d, &o0, sizeof o0);
+    memcpy(d + ds, &o1, sizeof o1);
+}
+#undef FL_SV
+#undef FL_LD
+#endif
+#endif
+
 #endif

@@ -373,6 +373,67 @@ static FL_ATTR void FL_V(fl_rows)(void *vctx, int64_t r0, int64_t r1)
  * Blocks are the unit of threading: a row's result depends only on the
  * row. ---- */
 
+/* Vector bytes of each variant: generic vectors wider than the registers
+ * can lower to scalar code (compares and selects did, 1.5-2.6x slower).
+ * The block transposes take 256-bit tiles (8 float32, 4 float64) in the
+ * AVX variants, 128-bit ones in the portable variant. */
+#define FL_VB_base 16
+#define FL_VB_v3 32
+#define FL_VB_v4 64
+#define FL_VB FL_CAT(FL_VB, VAR)
+
+/* n x w tiles of d[k ds + i] = s[i ss + k], i < n, k < m, n, m >= w; the
+ * last tile of a row or column overlaps the one before (a move: the
+ * overlap rewrites the same bits). */
+FL_INLINE void FL_V(fl_tiles)(const T *restrict s, int64_t ss, T *restrict d, int64_t ds, int64_t n, int64_t m,
+                              int w)
+{
+#ifdef FL_HAVE_TILES
+    for (int64_t i = 0; i < n; i += w) {
+        const int64_t i0 = i + w <= n ? i : n - w;
+        for (int64_t k = 0; k < m; k += w) {
+            const int64_t k0 = k + w <= m ? k : m - w;
+            const T *si = s + i0 * ss + k0;
+            T *di = d + k0 * ds + i0;
+            if (sizeof(T) == 4 && w == 8)
+                fl_tile8_f32((const float *)si, ss, (float *)di, ds);
+            else if (sizeof(T) == 4)
+                fl_tile4_f32((const float *)si, ss, (float *)di, ds);
+            else if (w == 4)
+                fl_tile4_f64((const double *)si, ss, (double *)di, ds);
+            else
+                fl_tile2_f64((const double *)si, ss, (double *)di, ds);
+        }
+    }
+#endif
+}
+
+/* The n x m transpose d[k ds + i] = s[i ss + k] by tiles (the widest that
+ * fits both sides); returns 0, having done nothing, when none fits. */
+FL_INLINE int FL_V(fl_transpose)(const T *restrict s, int64_t ss, T *restrict d, int64_t ds, int64_t n, int64_t m)
+{
+#ifdef FL_HAVE_TILES
+    const int big = (FL_VB >= 32 ? 32 : 16) / (int)sizeof(T);
+    const int64_t lim = n < m ? n : m;
+    if (lim >= big) {
+        FL_V(fl_tiles)(s, ss, d, ds, n, m, big);
+        return 1;
+    }
+    if (FL_VB >= 32 && lim >= big / 2) {
+        FL_V(fl_tiles)(s, ss, d, ds, n, m, big / 2);
+        return 1;
+    }
+#endif
+    return 0;
+}
+
+#if defined(__GNUC__)
+/* register-wide vectors of T and of its same-width integer (compare masks) */
+typedef T FL_V(fl_vt) __attribute__((vector_size(FL_VB)));
+typedef FL_IT FL_V(fl_vi) __attribute__((vector_size(FL_VB)));
+#define FL_VL ((int)(FL_VB / sizeof(T)))
+#endif
+
 /* Rows r0..r0+nb into E (class-major), the row max mz and first argmax am,
  * labels yb (-1 when out of range) and z_y (read before the gradient is
  * written); flags the rows fl_row must redo and returns their count.  Max
@@ -384,12 +445,13 @@ FL_INLINE int FL_V(fl_small_front)(const fl_sm_ctx *c, int64_t r0, int nb, T *re
     const int64_t C = c->C;
     const T *restrict zb = (const T *)c->z + r0 * C;
     const int64_t *restrict lab = c->labels + r0;
-    /* class-major copy: contiguous stores; the NaN test waits for the max
-     * pass (in a row-major copy it kept the loop scalar).  Gathers (indexed
-     * loads) measured no faster here. */
-    for (int64_t k = 0; k < C; k++)
-        for (int i = 0; i < nb; i++)
-            E[k * FL_RB + i] = zb[i * C + k];
+    /* class-major copy by tiles, else contiguous stores; the NaN test
+     * waits for the max pass (in a row-major copy it kept the loop scalar).
+     * Gathers (indexed loads) measured no faster here. */
+    if (!FL_V(fl_transpose)(zb, C, E, FL_RB, nb, C))
+        for (int64_t k = 0; k < C; k++)
+            for (int i = 0; i < nb; i++)
+                E[k * FL_RB + i] = zb[i * C + k];
     for (int i = 0; i < nb; i++) {
         int64_t y = lab[i];
         int ok = y >= 0 && y < C;
@@ -397,20 +459,43 @@ FL_INLINE int FL_V(fl_small_front)(const fl_sm_ctx *c, int64_t r0, int nb, T *re
         zy[i] = (double)E[(ok ? y : 0) * FL_RB + i];  /* from the copy: in cache */
     }
     /* first argmax by selects: a NaN never wins a comparison (flagged) */
-    for (int i = 0; i < nb; i++) {
-        T v = E[i];
-        mz[i] = v;
-        am[i] = 0;
-        special[i] = v != v;
-    }
-    for (int64_t k = 1; k < C; k++)
-        for (int i = 0; i < nb; i++) {
-            T v = E[k * FL_RB + i];
-            FL_IT gt = v > mz[i];
-            special[i] |= v != v;
-            am[i] = gt ? (FL_IT)k : am[i];
-            mz[i] = gt ? v : mz[i];
+#if defined(__GNUC__)
+    if (nb >= FL_VL) {  /* a vector of rows at a time over all classes, in registers */
+        for (int i0 = 0; i0 < nb; i0 += FL_VL) {
+            const int i = i0 + FL_VL <= nb ? i0 : nb - FL_VL;  /* the last overlaps: same results */
+            FL_V(fl_vt) m, v;
+            memcpy(&m, E + i, sizeof m);
+            FL_V(fl_vi) a = {0}, nan = m != m;
+            for (int64_t k = 1; k < C; k++) {
+                memcpy(&v, E + k * FL_RB + i, sizeof v);
+                FL_V(fl_vi) gt = v > m;
+                nan |= v != v;
+                a = (a & ~gt) | (gt & (FL_IT)k);
+                m = (FL_V(fl_vt))(((FL_V(fl_vi))m & ~gt) | ((FL_V(fl_vi))v & gt));
+            }
+            nan &= 1;
+            memcpy(mz + i, &m, sizeof m);
+            memcpy(am + i, &a, sizeof a);
+            memcpy(special + i, &nan, sizeof nan);
         }
+    } else
+#endif
+    {
+        for (int i = 0; i < nb; i++) {
+            T v = E[i];
+            mz[i] = v;
+            am[i] = 0;
+            special[i] = v != v;
+        }
+        for (int64_t k = 1; k < C; k++)
+            for (int i = 0; i < nb; i++) {
+                T v = E[k * FL_RB + i];
+                FL_IT gt = v > mz[i];
+                special[i] |= v != v;
+                am[i] = gt ? (FL_IT)k : am[i];
+                mz[i] = gt ? v : mz[i];
+            }
+    }
     int ns = 0;
     for (int i = 0; i < nb; i++) {
         T m = mz[i];
@@ -450,9 +535,10 @@ FL_INLINE void FL_V(fl_small_store)(const fl_sm_ctx *c, int64_t r0, int nb, T *r
         if (special[i])
             for (int64_t k = 0; k < C; k++)
                 E[k * FL_RB + i] = zb[i * C + k];
-    for (int i = 0; i < nb; i++)
-        for (int64_t k = 0; k < C; k++)
-            gb[i * C + k] = E[k * FL_RB + i];
+    if (!FL_V(fl_transpose)(E, FL_RB, gb, C, C, nb))
+        for (int i = 0; i < nb; i++)
+            for (int64_t k = 0; k < C; k++)
+                gb[i * C + k] = E[k * FL_RB + i];
 }
 
 /* Plain cross-entropy of a block after fl_small_front (outputs of flagged

@@ -164,3 +164,59 @@ def test_same_bits_for_any_thread_count(op, dtype, threads):
     for g, l in out[1:]:
         np.testing.assert_array_equal(g, out[0][0])
         np.testing.assert_array_equal(l, out[0][1])
+
+
+def _tail_inputs(R, C, dtype, seed):
+    """Special rows in the last rows and the last class: the block
+    transposes go by tiles of 8 or 4 rows and classes, whose last tile
+    overlaps the one before (or a scalar copy when the block is thinner)."""
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal((R, C)) * 4).astype(dtype)
+    labels = rng.integers(0, C, R)
+    z[R - 1, C - 1] = np.nan
+    if R >= 3:
+        labels[R - 2] = -100
+        z[R - 3, C - 1] = np.inf
+    if R >= 5:
+        z[R - 4, C - 1] = z[R - 4].max() + 50  # the last class dominant, the label
+        labels[R - 4] = C - 1
+        z[R - 5] = -np.inf
+    if R >= 8:
+        z[R - 7, :] = z[R - 7, 0]  # a whole row tied
+    return z, labels
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_every_row_length_and_ragged_rows(op, dtype):
+    """C = 1..32 with row counts off the tile sizes, in place and loss only
+    the same bits (_check), special rows in the overlapped tails."""
+    for C in range(1, 33):
+        for R in (3, 13, RB + 21):
+            z, labels = _tail_inputs(R, C, dtype, 100 * C + R)
+            g, l = _check(op, z, labels, 0.5)
+            assert np.isnan(l[R - 1]) and np.isnan(g[R - 1]).all()
+            assert l[R - 2] == 0 and (g[R - 2] == 0).all()
+
+
+@pytest.mark.parametrize("cap", ["base", "avx2"])
+def test_short_rows_under_isa_cap(cap):
+    """The slower instruction-set variants (other tile widths) in a
+    subprocess: test_c_isa.py runs only test_c_kernels.py under caps."""
+    import os
+    import subprocess
+    import sys
+
+    level = {"base": 0, "avx2": 3, "avx512": 4}
+    if os.environ.get("FASTLOSS_C_ISA"):
+        pytest.skip("already running under an ISA cap")
+    if level[c.isa()] <= level[cap]:
+        pytest.skip(f"this process already runs the {c.isa()!r} kernels")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, FASTLOSS_C_ISA=cap,
+               PYTHONPATH=os.path.dirname(here) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                        os.path.abspath(__file__), "-k", "not isa_cap"], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout
