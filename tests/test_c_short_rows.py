@@ -21,13 +21,6 @@ DTYPES = (np.float32, np.float64)
 RB = 256  # rows per block (FL_RB)
 
 
-@pytest.fixture
-def threads():
-    old = c.set_num_threads(0)
-    yield c.set_num_threads
-    c.set_num_threads(old)
-
-
 def _inputs(C, dtype, seed):
     """Several blocks and a ragged last one, with special rows."""
     rng = np.random.default_rng(seed)
@@ -197,26 +190,3 @@ def test_every_row_length_and_ragged_rows(op, dtype):
             g, l = _check(op, z, labels, 0.5)
             assert np.isnan(l[R - 1]) and np.isnan(g[R - 1]).all()
             assert l[R - 2] == 0 and (g[R - 2] == 0).all()
-
-
-@pytest.mark.parametrize("cap", ["base", "avx2"])
-def test_short_rows_under_isa_cap(cap):
-    """The slower instruction-set variants (other tile widths) in a
-    subprocess: test_c_isa.py runs only test_c_kernels.py under caps."""
-    import os
-    import subprocess
-    import sys
-
-    level = {"base": 0, "avx2": 3, "avx512": 4}
-    if os.environ.get("FASTLOSS_C_ISA"):
-        pytest.skip("already running under an ISA cap")
-    if level[c.isa()] <= level[cap]:
-        pytest.skip(f"this process already runs the {c.isa()!r} kernels")
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, FASTLOSS_C_ISA=cap,
-               PYTHONPATH=os.path.dirname(here) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                        os.path.abspath(__file__), "-k", "not isa_cap"], env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert " passed" in r.stdout
