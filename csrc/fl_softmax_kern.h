@@ -279,6 +279,9 @@ static FL_ATTR void FL_V(fl_row)(const fl_sm_ctx *c, int64_t r, double *eb)
         kmax ^= (kmax >> FL_IT_SHIFT) & FL_IT_MAG;
         T mx;
         memcpy(&mx, &kmax, sizeof mx);
+        /* a label outside [0, C) (the Python layer rejects these; a direct
+         * kernel call gets a NaN row, never a read out of bounds) */
+        nan |= valid && c->labels != NULL && (y < 0 || y >= C);
         if (nan) {  /* NaN anywhere in the row: NaN loss and gradient */
             c->loss[r] = __builtin_nan("");
             FL_V(fl_fill)(g, C, __builtin_nan(""));

@@ -298,3 +298,32 @@ def test_large_rows_and_lengths(backend, op):
     z, t = make(op, shape, np.float32, seed=5)
     check(op, backend, z, t, np.float32, reduction="mean")
     check(op, backend, z, t, np.float32, reduction="none")
+
+
+@pytest.mark.parametrize("name", ["numba", "c"])
+@pytest.mark.parametrize("op", SOFTMAX)
+@pytest.mark.parametrize("C", [7, 300])  # the short-row block path and the row path
+def test_kernel_label_out_of_range_gives_nan_row(name, op, C):
+    """The public functions reject such labels first; called directly, a
+    compiled kernel gives that row NaN (never an access out of bounds) and
+    leaves the other rows as they would be."""
+    try:
+        mod = fastloss._backends.load(name)
+    except fastloss.BackendUnavailable:
+        pytest.skip(f"{name} not available")
+    rng = np.random.default_rng(C)
+    R = 300
+    z = rng.standard_normal((R, C)).astype(np.float32)
+    labels = rng.integers(0, C, R)
+    g0, l0 = np.empty_like(z), np.empty(R)
+    mod.softmax_rows(op, z, labels, None, None, -100, 0.0, g0, l0, 1.0)
+    bad = labels.copy()
+    bad[[3, 200]] = [C, -5]
+    bad[7] = -100  # ignore_index stays an ignored row
+    g, l = np.empty_like(z), np.empty(R)
+    total = mod.softmax_rows(op, z, bad, None, None, -100, 0.0, g, l, 1.0)
+    assert np.isnan(l[[3, 200]]).all() and np.isnan(g[[3, 200]]).all() and np.isnan(total)
+    assert l[7] == 0.0 and (g[7] == 0.0).all()
+    keep = np.setdiff1d(np.arange(R), [3, 7, 200])
+    np.testing.assert_array_equal(l[keep], l0[keep])
+    np.testing.assert_array_equal(g[keep], g0[keep])

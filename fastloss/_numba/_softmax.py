@@ -126,6 +126,9 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     use_p = probs.shape[0] > 0
     y = -1 if use_p else labels[r]
     m, am, bad = _copy_max(zr, wr)
+    # a label outside [0, C) (the API rejects these; a direct kernel call
+    # gets a NaN row, never an access out of bounds)
+    bad = bad or (not use_p and y != ignore_index and not 0 <= y < C)
     if bad or (not use_p and y == ignore_index) or m == -_INF:
         # NaN row -> NaN (wins over ignore); ignored / all-masked row -> 0
         fill = _NAN if bad else 0.0
@@ -537,7 +540,8 @@ def _small_front(z, labels, ignore_index, r0, nb, E, F, I):
     nspecial = 0
     for i in range(nb):
         m[i] = mz[i]
-        bad = nan[i] != 0 or not (abs(m[i]) < _INF) or labels[r0 + i] == ignore_index
+        # (yb < 0: a label outside [0, C), NaN in _row)
+        bad = nan[i] != 0 or not (abs(m[i]) < _INF) or labels[r0 + i] == ignore_index or yb[i] < 0
         special[i] = bad
         nspecial += bad
     return nspecial
