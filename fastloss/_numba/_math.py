@@ -286,7 +286,6 @@ def add_reassoc(a, b):
     return a + b
 
 
-
 @jit
 def tree_sum(buf, nb, tmp):
     """Sum ``buf[:nb]`` in float64 in a fixed order: a 4-way tree over all of ``buf``.

@@ -283,6 +283,14 @@ def _smse_plain_lv(xy, e2_rest, S, p_y, p_max, tau, Q):
     return l, V, WT_T
 
 
+@jit_inline
+def _smse_g(p, a_j, u, p_max, Q, V, scale):
+    """One softmax_mse gradient entry, 2 p (p_max a_j + (Q u - V)) scale:
+    the tie split of :func:`fastloss.reference.softmax_rows` (u = w d; a_j
+    the tied or the untied form), one grouping for every path."""
+    return ((2.0 * p) * (p_max * a_j + (Q * u - V))) * scale
+
+
 @jit
 def _smse_tied_grads(p_max, Q, tau, W_T, WT_T, V, scale, one_tied):
     """The gradient of a tied entry of a plain softmax_mse row (w = 1,
@@ -293,9 +301,7 @@ def _smse_tied_grads(p_max, Q, tau, W_T, WT_T, V, scale, one_tied):
     d0 = ((1.0 - 0.0) - Q) if one_tied else (p_max - 0.0)
     a1 = p_max * (tau - W_T) - (tau * 1.0 - WT_T)
     a0 = p_max * (tau - W_T) - (tau * 0.0 - WT_T)
-    g1 = ((2.0 * p_max) * (p_max * a1 + (Q * d1 - V))) * scale
-    g0 = ((2.0 * p_max) * (p_max * a0 + (Q * d0 - V))) * scale
-    return g1, g0
+    return _smse_g(p_max, a1, d1, p_max, Q, V, scale), _smse_g(p_max, a0, d0, p_max, Q, V, scale)
 
 
 @jit_inline
@@ -369,7 +375,7 @@ def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, 
             x = np.float64(wr[k])
             p = abs(x) * rs if f32 else (abs(x) * inv_esc) / S
             d = p - (1.0 if k == y else 0.0)
-            g = ((2.0 * p) * (p_max * (tau * d - U_T) + (Q * d - V))) * scale
+            g = _smse_g(p, tau * d - U_T, d, p_max, Q, V, scale)
             wr[k] = (g1 if k == y else g0) if x > 0.0 else g
         return
     for k in range(C):
@@ -377,8 +383,7 @@ def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, 
                                             one_tied)
         tw = tau * wk
         a_j = (p_max * (tw - W_T) - (tw * tk - WT_T)) if tied else (tau * u - U_T)
-        G = p_max * a_j + (Q * u - V)
-        wr[k] = ((2.0 * p) * G) * scale
+        wr[k] = _smse_g(p, a_j, u, p_max, Q, V, scale)
 
 
 @jit_inline
@@ -666,7 +671,7 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
             p = abs(x) * rs[i] if f32 else abs(x) / SS[i]
             is_y = k == yb[i]
             d = p - (1.0 if is_y else 0.0)
-            g = ((2.0 * p) * (PM[i] * (tau[i] * d - UT[i]) + (Q[i] * d - V[i]))) * scale
+            g = _smse_g(p, tau[i] * d - UT[i], d, PM[i], Q[i], V[i], scale)
             Ek[i] = (G1[i] if is_y else G0[i]) if x > 0.0 else g
     for i in range(nb):
         sp = special[i]
