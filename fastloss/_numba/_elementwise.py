@@ -106,12 +106,15 @@ def _chunk(op, plain, z, y, w, pw, grad, loss, scale, c):
     # carried in a float32 loop -- a store or a running sum -- would cap
     # LLVM's vector width at 4 lanes.)  A float32 loss above float32's range
     # makes the block sum inf: that block is summed again in float64 from z
-    # and y, so a gradient that may lie over them (general float32 calls;
-    # plain calls never alias) is staged and written after the block.
+    # and y.
     lb = np.empty(BLOCK, np.float64 if op == MSE else z.dtype)  # mse: float64 math anyway
     ovf = f32 and op != MSE  # a float32 loss buffer can overflow
-    stage = ovf and has_g and not plain
-    gs = np.empty(BLOCK if stage else 0, z.dtype)
+    # General calls stage the gradient and copy it (and the losses) out after
+    # the block: the math loop then stores only to local buffers.  Outputs
+    # that may lie over z or y and are stored under a runtime flag made LLVM
+    # keep the loop scalar (float64 loss-only calls ran 5x slower), and the
+    # float64 redo of an overflowed block still needs z and y intact.
+    gs = np.empty(0 if plain else BLOCK, z.dtype)
     tmp = np.empty(BLOCK // 4)
     acc = 0.0
     for b0 in range(i_lo, i_hi, BLOCK):
@@ -128,25 +131,29 @@ def _chunk(op, plain, z, y, w, pw, grad, loss, scale, c):
         pv = pw[b0:b0 + nb] if full_pw else pb
         gb = grad[b0:b0 + nb] if has_g else grad
         lv = loss[b0:b0 + nb] if has_l else loss
-        for t in range(nb):
-            li, gi = _elem(op, plain, f32, zb[t], yb[t], 0.0 if plain else wv[t], 0.0 if plain else pv[t],
-                           scale, c2)
-            lb[t] = li
-            if stage:
+        if plain:  # gradient straight out: plain calls never alias z or y
+            for t in range(nb):
+                li, gi = _elem(op, plain, f32, zb[t], yb[t], 0.0, 0.0, scale, c2)
+                lb[t] = li
+                gb[t] = gi
+        else:
+            for t in range(nb):
+                li, gi = _elem(op, plain, f32, zb[t], yb[t], wv[t], pv[t], scale, c2)
+                lb[t] = li
                 gs[t] = gi
-            elif has_g:
-                gb[t] = gi  # z[i] was read above: grad may alias z (float64)
-            if has_l:
-                lv[t] = li
-        bs = tree_sum(lb, nb, tmp)
+        bs = tree_sum(lb, nb, tmp)  # pads lb past nb only
         if ovf and bs == np.inf:  # overflowed float32 (or a true inf): redo in float64
             bs = 0.0
             for t in range(nb):
                 bs += _elem(op, plain, f32, zb[t], yb[t], 0.0 if plain else wv[t], 0.0 if plain else pv[t],
                             scale, c2)[0]
         acc += bs
-        if stage:
-            gb[:] = gs[:nb]
+        if has_g and not plain:
+            for t in range(nb):  # (an explicit loop: slice assignment measured slower)
+                gb[t] = gs[t]
+        if has_l:
+            for t in range(nb):
+                lv[t] = lb[t]
     return acc
 
 
