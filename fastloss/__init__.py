@@ -5,7 +5,7 @@ pass over memory, on NumPy arrays (and CUDA device arrays), with Numba, C
 and CUDA kernels behind one dispatch and a careful NumPy reference.
 """
 from ._api import mse, sigmoid_bce, sigmoid_mse, softmax_cross_entropy, softmax_mse
-from ._backends import BackendUnavailable, available_backends
+from ._backends import BackendUnavailable, auto_backend, available_backends
 
 __version__ = "0.1.0"
 
@@ -16,5 +16,6 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_mse",
     "available_backends",
+    "auto_backend",
     "BackendUnavailable",
 ]

@@ -270,3 +270,64 @@ def test_env_in_fresh_process():
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "['numpy']"
+
+
+def _spy_backends(monkeypatch):
+    """Record which backend's kernels each call runs (names appended to the list)."""
+    calls = []
+    for name in fastloss.available_backends():
+        if name == "cuda":
+            continue
+        mod = _backends.load(name)
+        for kind in ("elementwise", "softmax_rows"):
+            real = getattr(mod, kind)
+
+            def spy(*args, _real=real, _name=name):
+                calls.append(_name)
+                return _real(*args)
+
+            monkeypatch.setattr(mod, kind, spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("op", ALL_OPS)
+def test_automatic_choice_follows_the_per_op_order(monkeypatch, op, dtype):
+    """backend=None runs the first available backend of auto_order(op, compute dtype),
+    and auto_backend names it; hiding that backend moves to the next one."""
+    monkeypatch.delenv("FASTLOSS_BACKEND", raising=False)
+    monkeypatch.delenv("FASTLOSS_DISABLE", raising=False)
+    cdt = np.float32 if dtype == np.float16 else dtype
+    order = _backends.auto_order(op, cdt)
+    assert sorted(order) == ["c", "numba", "numpy"]
+    calls = _spy_backends(monkeypatch)
+    z, t = good(op, dtype)
+    avail = fastloss.available_backends()
+    expect = [b for b in order if b in avail]
+    getattr(fastloss, op)(z, t, return_grad=True)
+    assert calls == [expect[0]]
+    assert fastloss.auto_backend(op, dtype) == expect[0]
+    monkeypatch.setenv("FASTLOSS_DISABLE", expect[0])
+    calls.clear()
+    getattr(fastloss, op)(z, t, return_grad=True)
+    assert calls == [expect[1]]
+    assert fastloss.auto_backend(op, dtype) == expect[1]
+    monkeypatch.setenv("FASTLOSS_BACKEND", "numpy")  # the environment's choice wins
+    assert fastloss.auto_backend(op, dtype) == "numpy"
+
+
+def test_automatic_order_per_op():
+    """The measured preference (README, Backends): C first, numba first for the
+    float32 sigmoid ops."""
+    for op in ALL_OPS:
+        for dtype in (np.float32, np.float64):
+            numba_first = op in ("sigmoid_mse", "sigmoid_bce") and dtype == np.float32
+            assert _backends.auto_order(op, dtype) == (("numba", "c", "numpy") if numba_first
+                                                       else ("c", "numba", "numpy")), (op, dtype)
+
+
+def test_auto_backend_bad_arguments():
+    with pytest.raises(ValueError, match="op must be one of"):
+        fastloss.auto_backend("hinge")
+    with pytest.raises(TypeError, match="float16, float32 or float64"):
+        fastloss.auto_backend("mse", np.int64)
