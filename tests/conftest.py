@@ -14,6 +14,25 @@ SOFTMAX = [n for n, s in LOSSES.items() if s.family == "softmax"]
 ALL_OPS = ELEMENTWISE + SOFTMAX
 
 
+def spy_backends(monkeypatch, names=HOST_BACKENDS):
+    """Record which backend's kernels each call runs: the returned list gets
+    a backend's name per kernel call (monkeypatch undoes the wrapping)."""
+    from fastloss import _backends
+
+    calls = []
+    for name in names:
+        mod = _backends.load(name)
+        for fn in ("elementwise", "softmax_rows"):
+            real = getattr(mod, fn)
+
+            def spy(*args, _real=real, _name=name):
+                calls.append(_name)
+                return _real(*args)
+
+            monkeypatch.setattr(mod, fn, spy)
+    return calls
+
+
 @pytest.fixture(params=HOST_BACKENDS)
 def backend(request):
     return request.param

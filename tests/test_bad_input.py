@@ -14,7 +14,7 @@ import pytest
 
 import fastloss
 from fastloss import _backends
-from tests.conftest import ALL_OPS, ELEMENTWISE, SOFTMAX
+from tests.conftest import ALL_OPS, ELEMENTWISE, SOFTMAX, spy_backends
 
 SENTINEL = 12345.0
 
@@ -272,24 +272,6 @@ def test_env_in_fresh_process():
     assert res.stdout.strip() == "['numpy']"
 
 
-def _spy_backends(monkeypatch):
-    """Record which backend's kernels each call runs (names appended to the list)."""
-    calls = []
-    for name in fastloss.available_backends():
-        if name == "cuda":
-            continue
-        mod = _backends.load(name)
-        for kind in ("elementwise", "softmax_rows"):
-            real = getattr(mod, kind)
-
-            def spy(*args, _real=real, _name=name):
-                calls.append(_name)
-                return _real(*args)
-
-            monkeypatch.setattr(mod, kind, spy)
-    return calls
-
-
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("op", ALL_OPS)
 def test_automatic_choice_follows_the_per_op_order(monkeypatch, op, dtype):
@@ -300,7 +282,7 @@ def test_automatic_choice_follows_the_per_op_order(monkeypatch, op, dtype):
     cdt = np.float32 if dtype == np.float16 else dtype
     order = _backends.auto_order(op, cdt)
     assert sorted(order) == ["c", "numba", "numpy"]
-    calls = _spy_backends(monkeypatch)
+    calls = spy_backends(monkeypatch)
     z, t = good(op, dtype)
     avail = fastloss.available_backends()
     expect = [b for b in order if b in avail]

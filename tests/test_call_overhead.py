@@ -14,7 +14,7 @@ import pytest
 import fastloss
 from fastloss import _api, _backends
 from fastloss import _validate as V
-from tests.conftest import ALL_OPS, ELEMENTWISE, HOST_BACKENDS, SOFTMAX
+from tests.conftest import ALL_OPS, ELEMENTWISE, HOST_BACKENDS, SOFTMAX, spy_backends
 
 
 def _inputs(op, dtype=np.float32, seed=0):
@@ -37,26 +37,11 @@ def _same(a, b):
 # --------------------------------------------------------------------------
 # environment variables: read on every call, cached per raw value
 # --------------------------------------------------------------------------
-def _spy(monkeypatch, names):
-    calls = []
-    for name in names:
-        mod = _backends.load(name)
-        for fn in ("elementwise", "softmax_rows"):
-            real = getattr(mod, fn)
-
-            def spy(*args, _real=real, _name=name):
-                calls.append(_name)
-                return _real(*args)
-
-            monkeypatch.setattr(mod, fn, spy)
-    return calls
-
-
 @pytest.mark.parametrize("op", ["mse", "softmax_cross_entropy"])
 def test_env_backend_changes_take_effect_on_next_call(monkeypatch, op):
     monkeypatch.delenv("FASTLOSS_BACKEND", raising=False)
     monkeypatch.delenv("FASTLOSS_DISABLE", raising=False)
-    calls = _spy(monkeypatch, HOST_BACKENDS)
+    calls = spy_backends(monkeypatch)
     z, t = _inputs(op)
     f = getattr(fastloss, op)
     f(z, t)
@@ -77,7 +62,7 @@ def test_env_backend_changes_take_effect_on_next_call(monkeypatch, op):
 def test_env_disable_changes_take_effect_on_next_call(monkeypatch):
     monkeypatch.delenv("FASTLOSS_BACKEND", raising=False)
     monkeypatch.delenv("FASTLOSS_DISABLE", raising=False)
-    calls = _spy(monkeypatch, HOST_BACKENDS)
+    calls = spy_backends(monkeypatch)
     z, t = _inputs("sigmoid_bce")
     order = [b for b in _backends.auto_order("sigmoid_bce", z.dtype) if b in HOST_BACKENDS]
     for k in range(len(order)):
@@ -102,7 +87,7 @@ def test_env_set_through_os_environ_variants(monkeypatch):
     """os.environ.update / item assignment / a replaced os.environ are all seen."""
     monkeypatch.delenv("FASTLOSS_DISABLE", raising=False)
     monkeypatch.setenv("FASTLOSS_BACKEND", "numpy")  # restored by monkeypatch afterwards
-    calls = _spy(monkeypatch, HOST_BACKENDS)
+    calls = spy_backends(monkeypatch)
     z, t = _inputs("mse")
     fastloss.mse(z, t)
     os.environ.update(FASTLOSS_BACKEND=HOST_BACKENDS[0])
