@@ -51,7 +51,7 @@ ffibuilder.set_source(
     include_dirs=[os.path.relpath(HERE)],
     depends=[os.path.relpath(os.path.join(HERE, h)) for h in
              ("fastloss.h", "fl_math.h", "fl_parallel.h", "fl_elementwise_impl.h", "fl_elementwise_kern.h",
-              "fl_softmax_impl.h", "fl_softmax_kern.h", "fl_variants.h")],
+              "fl_softmax_impl.h", "fl_softmax_kern.h", "fl_variants.h", "fl_stream.h")],
     extra_compile_args=_cargs,
     extra_link_args=_largs,
 )

@@ -33,6 +33,14 @@ int fl_get_num_threads(void);
 /* Instruction set of the kernels in use: 4 AVX-512, 3 AVX2+FMA, 0 portable
  * (FASTLOSS_C_ISA=base|avx2|avx512 caps it, read once). */
 int fl_isa_level(void);
+/* Internal (tests and benchmarks; not public API): gradients of at least
+ * this many bytes are written with streaming (non-temporal) stores, which
+ * skip reading the lines they write (x86-64; the bits are the same either
+ * way).  n < 0 restores the default; returns the previous threshold.  The
+ * tests set 0 to force the streaming path on tiny arrays, and INT64_MAX to
+ * turn it off, and compare the bits. */
+int64_t fl_set_stream_min_bytes(int64_t n);
+int64_t fl_get_stream_min_bytes(void);
 
 double fl_mse_f32(const float *z, const float *y, const float *w, int64_t P,
                   float *grad, float *loss, int64_t n, double scale);

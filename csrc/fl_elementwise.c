@@ -11,6 +11,7 @@
 #include "fastloss.h"
 #include "fl_math.h"
 #include "fl_parallel.h"
+#include "fl_stream.h"
 
 #include <stdlib.h>
 
@@ -80,6 +81,7 @@ typedef struct {
     double scale;
     double *partials;  /* partials[b]: block first + b of the chunk being run */
     int64_t first;     /* first block of the chunk being run */
+    int stream;        /* write grad by streaming stores (fl_stream.h) */
 } fl_el_ctx;
 
 /* Blocks go in chunks of FL_CHUNK whose partials live on the stack (no

@@ -3,6 +3,7 @@
 #define FL_V(name) FL_CAT(FL_N(name), VAR)
 /* float32 results need less than float64 accuracy from exp/log */
 #define FL_LOWP (sizeof(T) == 4)
+#define FL_SW_PUT FL_CAT(fl_sw_put, VAR)
 
 /* Block [i0, i0+m) element parameters: w[i % P] as a contiguous pointer,
  * expanded into buf when P does not cover the block contiguously. */
@@ -47,7 +48,7 @@ FL_INLINE const T *FL_V(fl_periodic)(const T *w, int64_t P, int64_t i0, int m, T
         }                                                                                      \
     }
 
-#define FL_EL_RANGE(OP, PLAIN)                                                                 \
+#define FL_EL_RANGE(OP, PLAIN, STREAM)                                                         \
     FL_EL_PLAIN(OP)                                                                            \
     static FL_ATTR void FL_V(fl_range_##OP)(void *vctx, int64_t b0, int64_t b1)              \
     {                                                                                          \
@@ -55,17 +56,25 @@ FL_INLINE const T *FL_V(fl_periodic)(const T *w, int64_t P, int64_t i0, int m, T
         const T *z = c->z, *y = c->y;                                                          \
         T *g = c->g, *l = c->l;                                                                \
         double cs = FL_CAT2(fl_scale, OP)(c->scale);                                           \
+        fl_sw sw; /* streaming: the gradient goes by blocks through tb (in L1) */              \
+        T tb[FL_BLOCK];                                                                        \
+        fl_sw_init(&sw);                                                                       \
         if (PLAIN && c->w == NULL && c->pw == NULL && l == NULL && g != NULL) {                \
             double lb[FL_BLOCK];                                                               \
             for (int64_t b = b0; b < b1; b++) {                                                \
                 int64_t i0 = (c->first + b) * FL_BLOCK;                                        \
                 int m = (int)(c->n - i0 < FL_BLOCK ? c->n - i0 : FL_BLOCK);                    \
-                if (g == z)                                                                    \
+                if (STREAM && c->stream) {                                                     \
+                    FL_V(fl_plain_out_##OP)(z + i0, y + i0, tb, lb, m, cs);                    \
+                    FL_SW_PUT(&sw, g + i0, tb, (size_t)m * sizeof(T));                         \
+                } else if (g == z)                                                             \
                     FL_V(fl_plain_in_##OP)(g + i0, y + i0, lb, m, cs);                         \
                 else                                                                           \
                     FL_V(fl_plain_out_##OP)(z + i0, y + i0, g + i0, lb, m, cs);                \
                 c->partials[b] = fl_sum(lb, m);                                                \
             }                                                                                  \
+            if (STREAM && c->stream)                                                           \
+                fl_sw_end(&sw);                                                                \
             return;                                                                            \
         }                                                                                      \
         T ones[FL_BLOCK], wbuf[FL_BLOCK], pwbuf[FL_BLOCK];                                     \
@@ -82,7 +91,11 @@ FL_INLINE const T *FL_V(fl_periodic)(const T *w, int64_t P, int64_t i0, int m, T
                 fl_el_##OP(zb[j], yb[j], wp[j], pp[j], cs, FL_LOWP, &lb[j], &gb[j]);         \
             }                                                                                  \
             /* written after all reads of the block: grad may alias z */                      \
-            if (g != NULL)                                                                     \
+            if (STREAM && g != NULL && c->stream) {                                            \
+                for (int j = 0; j < m; j++)                                                    \
+                    tb[j] = (T)gb[j];                                                          \
+                FL_SW_PUT(&sw, g + i0, tb, (size_t)m * sizeof(T));                             \
+            } else if (g != NULL)                                                              \
                 for (int j = 0; j < m; j++)                                                    \
                     g[i0 + j] = (T)gb[j];                                                      \
             if (l != NULL)                                                                     \
@@ -90,17 +103,22 @@ FL_INLINE const T *FL_V(fl_periodic)(const T *w, int64_t P, int64_t i0, int m, T
                     l[i0 + j] = (T)lb[j];                                                      \
             c->partials[b] = fl_sum(lb, m);                                                     \
         }                                                                                      \
+        if (STREAM && c->stream)                                                               \
+            fl_sw_end(&sw);                                                                    \
     }
 
 
 /* The plain loop only for mse: for the sigmoid ops (gcc 12, AVX-512) the
  * float store in the math loop measured ~15% slower than the double buffer
- * and its conversion pass. */
-FL_EL_RANGE(mse, 1)
-FL_EL_RANGE(sigmoid_mse, 0)
-FL_EL_RANGE(sigmoid_bce, 0)
+ * and its conversion pass.  Streaming stores only for mse, the one
+ * memory-bound op: the sigmoid ops (2-5 ns/element) gained nothing with
+ * out= and lost 5-18% (float64) on fresh gradients (csrc/README.md). */
+FL_EL_RANGE(mse, 1, 1)
+FL_EL_RANGE(sigmoid_mse, 0, 0)
+FL_EL_RANGE(sigmoid_bce, 0, 0)
 
 #undef FL_EL_RANGE
 #undef FL_EL_PLAIN
 #undef FL_V
 #undef FL_LOWP
+#undef FL_SW_PUT

@@ -3,6 +3,7 @@
 #include "fl_parallel.h"
 #include "fastloss.h"
 #include "fl_math.h"
+#include "fl_stream.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -118,3 +119,25 @@ int fl_isa(void)
 }
 
 int fl_isa_level(void) { return fl_isa(); }
+
+/* Streaming-store threshold (fl_stream.h): gradients of at least this many
+ * bytes.  FL_STREAM_DEFAULT: see csrc/README.md for the measurements. */
+#define FL_STREAM_DEFAULT (INT64_C(16) << 20)
+#ifdef FL_HAVE_NT
+static int64_t fl_stream_min = FL_STREAM_DEFAULT;
+#else
+static int64_t fl_stream_min = INT64_MAX;  /* no streaming stores on this target */
+#endif
+
+int64_t fl_set_stream_min_bytes(int64_t n)
+{
+#ifdef FL_HAVE_NT
+    int64_t v = n < 0 ? FL_STREAM_DEFAULT : n;
+#else
+    int64_t v = INT64_MAX;
+    (void)n;
+#endif
+    return __atomic_exchange_n(&fl_stream_min, v, __ATOMIC_RELAXED);
+}
+
+int64_t fl_get_stream_min_bytes(void) { return __atomic_load_n(&fl_stream_min, __ATOMIC_RELAXED); }
