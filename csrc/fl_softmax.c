@@ -82,12 +82,16 @@ FL_INLINE double fl_smse_g(int tied, double p, double t, double wk, const fl_sms
 
 #define FL_TS_BLOCK 1024  /* softmax_mse row sums: block partials, added pairwise */
 
-/* Doubles of row work buffer: e; softmax_mse adds its block partials. */
+/* Doubles of row work buffer: e; softmax_mse adds its block partials,
+ * cross-entropy with smoothing or probabilities the scratch of its pairwise
+ * target sums (fl_target_dot). */
 FL_INLINE int64_t fl_row_buf_len(const fl_sm_ctx *c)
 {
     /* softmax_mse: e, then two arrays of block partials (sums of
      * FL_TS_BLOCK entries, then V's of 64) */
-    return c->op_mse ? c->C + 2 * ((c->C + 63) / 64) : c->C;
+    if (c->op_mse)
+        return c->C + 2 * ((c->C + 63) / 64);
+    return c->probs != NULL || c->smoothing != 0.0 ? 2 * c->C : c->C;
 }
 
 /* The reduced loss: the row losses summed after every row is done, in

@@ -7,6 +7,7 @@ host backend is run, since backends mirror the reference.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import fastloss
 from fastloss import oracle
@@ -124,3 +125,33 @@ def test_regression_overflow_cast_warns_float16_results(backend):
                                            backend=backend)
         assert np.isinf(loss).all() and loss.dtype == np.float16
         assert warns == [], reduction
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(130, 1531), (3, 128256)])
+def test_regression_long_row_target_sums_float64(backend, shape, dtype):
+    # C backend, cross-entropy rows with label smoothing or probability
+    # targets: A = sum_k a_k was a running sum, and C equal smoothing terms
+    # eps/C round the same way C times (float64, C = 128256: A ~3000 ulp
+    # off, the gradient 54x and the loss 78x the tolerance vs the reference).
+    from fastloss.registry import LOSSES
+    from tests.tolerances import assert_close
+
+    rng = np.random.default_rng(shape[1])
+    z, labels = LOSSES["softmax_cross_entropy"].make_inputs(shape, np.float64, rng=rng)
+    _, probs = LOSSES["softmax_cross_entropy"].make_inputs(shape, np.float64, rng=rng, probs=True)
+    w = rng.random(shape[1]) + 0.5
+    for op, t, kw in (("softmax_cross_entropy", labels, dict(label_smoothing=0.1)),
+                      ("softmax_cross_entropy", labels, dict(label_smoothing=0.1, weight=w)),
+                      ("softmax_cross_entropy", probs, {}),
+                      ("softmax_mse", probs, dict(weight=w))):
+        zz = z.astype(dtype)
+        tt = t.astype(dtype) if t.dtype.kind == "f" else t
+        kwd = {k: (v.astype(dtype) if k == "weight" else v) for k, v in kw.items()}
+        loss, grad = getattr(fastloss, op)(zz, tt, reduction="none", return_grad=True, backend=backend, **kwd)
+        ref = {k: (v.astype(dtype).astype(np.float64) if k == "weight" else v) for k, v in kw.items()}
+        el, eg = getattr(fastloss, op)(zz.astype(np.float64), tt.astype(np.float64) if t.dtype.kind == "f" else tt,
+                                       reduction="none", return_grad=True, backend="numpy", **ref)
+        what = f"{backend} {op} {shape} {sorted(kw)}"
+        assert_close(loss, el, dtype, what=what + " loss")
+        assert_close(grad, eg, dtype, what=what + " grad")
