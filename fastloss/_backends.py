@@ -25,9 +25,9 @@ import numpy as np
 
 #: every host backend, in the automatic preference order: C measured faster
 #: than numba (or level on 2^10-element calls) for every op and dtype but the
-#: two in :data:`_NUMBA_FIRST` -- 0.4-0.8x numba's time for the softmax ops,
-#: 0.6-0.9x for float64 and for mse (2 threads, float32/float64, 2^10-2^22
-#: elements, one run alternating both)
+#: two in :data:`ORDERS` -- 0.36-0.97x numba's time for the softmax ops (one
+#: cell of 36 1.2x), 0.6-1.0x for float64 and for mse (2 threads,
+#: float32/float64, 2^10-2^22 elements, one run alternating both; README)
 AUTO_ORDER = ("c", "numba", "numpy")
 #: (op, compute dtype) -> order, where it is not AUTO_ORDER: numba's float32
 #: sigmoid kernels measured 0-20% faster than C's from 2^14 elements up
