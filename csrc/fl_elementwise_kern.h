@@ -64,15 +64,16 @@ FL_INLINE const T *FL_V(fl_periodic)(const T *w, int64_t P, int64_t i0, int m, T
             for (int64_t b = b0; b < b1; b++) {                                                \
                 int64_t i0 = (c->first + b) * FL_BLOCK;                                        \
                 int m = (int)(c->n - i0 < FL_BLOCK ? c->n - i0 : FL_BLOCK);                    \
-                if (STREAM && c->stream) {                                                     \
+                if (STREAM && (c->stream || sizeof(T) == 8)) {                                 \
+                    /* float64 goes through tb below the threshold too, copied   */           \
+                    /* out by plain stores: writing g in the math loop ran       */           \
+                    /* 1.2-1.35x slower at 2^14-2^20 (likely 4 KiB aliasing: z,  */           \
+                    /* y and g sit at one offset within their pages)             */           \
                     FL_V(fl_plain_out_##OP)(z + i0, y + i0, tb, lb, m, cs);                    \
-                    FL_SW_PUT(&sw, g + i0, tb, (size_t)m * sizeof(T));                         \
-                } else if (STREAM && sizeof(T) == 8) {                                         \
-                    /* float64 through tb too, with plain stores: writing g in the     */     \
-                    /* math loop ran 1.2-1.35x slower at 2^14-2^20 (likely 4 KiB       */     \
-                    /* aliasing: z, y and g sit at one offset within their pages)      */     \
-                    FL_V(fl_plain_out_##OP)(z + i0, y + i0, tb, lb, m, cs);                    \
-                    memcpy(g + i0, tb, (size_t)m * sizeof(T));                                 \
+                    if (c->stream)                                                             \
+                        FL_SW_PUT(&sw, g + i0, tb, (size_t)m * sizeof(T));                     \
+                    else                                                                       \
+                        memcpy(g + i0, tb, (size_t)m * sizeof(T));                             \
                 } else if (g == z)                                                             \
                     FL_V(fl_plain_in_##OP)(g + i0, y + i0, lb, m, cs);                         \
                 else                                                                           \
