@@ -97,7 +97,7 @@ def _elementwise(op, logits, target, weight, pos_weight, reduction, return_grad,
         pw = V.periodic_param(pos_weight, shape, cdt, "pos_weight")
     if out is not None:
         V.check_out(out, shape, rdt, logits, target, weight, pos_weight)
-    mod = _backends.resolve(backend, _backends.ORDERS.get((op, cdt), _backends.AUTO_ORDER))
+    mod = _backends.resolve(backend, op, cdt)
 
     n = z.size
     zf = _flat(z, cdt)
@@ -291,7 +291,7 @@ def _softmax(op, logits, target, axis, weight, ignore_index, smoothing, reductio
     w = None if weight is None else V.check_class_weight(weight, C, cdt)
     if out is not None:
         V.check_out(out, z.shape, rdt, logits, target, weight)
-    mod = _backends.resolve(backend, _backends.ORDERS.get((op, cdt), _backends.AUTO_ORDER))
+    mod = _backends.resolve(backend, op, cdt)
 
     # denominator of 'mean' (torch semantics; 0 when nothing counts)
     denom = float(R)
