@@ -34,6 +34,9 @@ NAME = "numpy"
 ELEMENTWISE_OPS = ("mse", "sigmoid_mse", "sigmoid_bce")
 SOFTMAX_OPS = ("softmax_cross_entropy", "softmax_mse")
 
+# softmax_mse's near set: z - m >= -ln(2)/2, where exp(z - m) >= 1/sqrt(2)
+_HALF_LN2 = 0.5 * np.log(2.0)
+
 
 # --------------------------------------------------------------------------
 # scalar-math building blocks (vectorised)
@@ -209,38 +212,55 @@ def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, s
             g[rr, am] = a.sum(axis=1) - A * q
             a[rr, am] = a_am
         elif op == "softmax_mse":
-            # With u = w (p - t), dl/dz_j = 2 p_j (u_j - sum_k p_k u_k).  The
-            # bracket is tiny when most mass sits on classes tied with the max
-            # ([-40, 0, 0, 0], label 0): summing then subtracting cancels it to
-            # noise.  So split the classes into T (tied with the max: e = 1,
-            # p = p_max) and the rest, and use sum_k p_k = 1:
-            #   u_j - sum p u = p_max (tau u_j - U_T) + (Q u_j - V),
-            # Q = sum_{k not in T} p_k, V = sum_{k not in T} p_k u_k, where the
-            # T part is formed from counts and sums that cancel exactly for a
-            # tied class j (guarded by the stability tests' tied rows).
-            in_t = sh == 0.0
-            tau = in_t.sum(axis=1)
-            p_max = 1.0 / S
-            Q = np.where(in_t, 0.0, e).sum(axis=1) / S  # 1 - tau p_max, never a difference
-            d = p - t
-            # tau == 1: p_max - t = (1 - t) - Q, exact when p_max rounds to 1
-            d = np.where(in_t & (tau == 1)[:, None], (1.0 - t) - Q[:, None], d)
+            # With u = w (p - t): dl/dz_j = 2 p_j G_j, G_j = sum_k p_k (u_j - u_k)
+            # (sum p = 1).  Summing then subtracting cancels to noise where
+            # u_j ~ u_k for a heavy class k: classes at or near the max
+            # ([-40, 0, 0, 0]; [-6, 0, 2^-6]: p_1 - p_2 cancels 64x).  So split
+            # off the near set N = {k: z_k - m >= -ln2/2} (F: the rest) and
+            # write p_k = p_max (1 + E_k) on N, E_k = expm1(z_k - m) to an ulp
+            # (0 on ties): p_j - p_k = p_max (E_j - E_k) keeps its digits, and
+            # the 1s cancel exactly in the sums below.  With P, W, B, A the
+            # sums over N of p, p w, p w E, p w t, and Q, V_F the sums over F
+            # of p, p u:
+            #   j in N:  G_j = p_max ((w_j P - W) + (w_j E_j P - B))
+            #                  - (w_j t_j P - A) + (Q u_j - V_F)
+            #   j in F:  G_j = u_j - V_N - V_F,  V_N = sum_N p u
+            #          = p_max ((W - WT P) + (B - BT P)) - A Q
+            # (WT, BT = sum_N w t, w t E).  V_N's form uses sum p = 1 on A: a
+            # label in N ([x, x, -10], label 1) makes p^2 - p (1 - p) cancel to
+            # p Q.  A far class j cancels only what |z_j - m| >= ln2/2
+            # conditions (README, stability contract).
+            with np.errstate(invalid="ignore"):
+                E = np.where(sh >= -_HALF_LN2, np.expm1(sh), 0.0)
+            near = sh >= -_HALF_LN2
+            # 1 - p_k = (S' - E_k) / S, both terms >= 0: a hard or heavy target
+            # on a near class ([0, -40], label 0) keeps the digits p_k - t_k
+            # would round off.
+            d = np.where(near & (t >= 0.5), (1.0 - t) - (s1[:, None] - E) / S[:, None], p - t)
             u = wf * d
             l = (u * d).sum(axis=1)
-            V = np.where(in_t, 0.0, p * u).sum(axis=1)
-            W_T = np.where(in_t, wf, 0.0).sum(axis=1)
-            WT_T = np.where(in_t, wf * t, 0.0).sum(axis=1)
-            # U_T = sum_T w (p_max - t) = p_max W_T - WT_T cancels when a tied
-            # class is the label; with tau p_max = 1 - Q it is exactly
-            # (W_T/tau - WT_T) - Q W_T/tau, whose first difference is exact
-            # without weights.
-            w_bar = W_T / tau
-            U_T = (w_bar - WT_T) - Q * w_bar
-            tw = tau[:, None] * wf
-            a_tied = p_max[:, None] * (tw - W_T[:, None]) - (tw * t - WT_T[:, None])
-            a_rest = tau[:, None] * u - U_T[:, None]
-            G = p_max[:, None] * np.where(in_t, a_tied, a_rest) + (Q[:, None] * u - V[:, None])
-            g = 2.0 * p * G
+            pn = np.where(near, p, 0.0)
+            pf = np.where(near, 0.0, p)
+            wt = np.where(near, wf * t, 0.0)
+            P = pn.sum(axis=1)
+            Q = pf.sum(axis=1)  # 1 - P, never formed as a difference
+            A = (pn * wt).sum(axis=1)
+            B = (pn * wf * E).sum(axis=1)
+            WT = wt.sum(axis=1)
+            BT = (wt * E).sum(axis=1)
+            V_F = (pf * u).sum(axis=1)
+            p_max = 1.0 / S
+            g_near = (wf * E) * P[:, None] - B[:, None]
+            if w is None:  # W = P: w_j P - W = 0, W - WT P = P (1 - WT)
+                V_N = P * (1.0 - WT) + (B - BT * P)
+            else:
+                W = (pn * wf).sum(axis=1)
+                g_near = g_near + (wf * P[:, None] - W[:, None])
+                V_N = (W - WT * P) + (B - BT * P)
+            g_near = p_max[:, None] * g_near - (wf * t * P[:, None] - A[:, None]) + (Q[:, None] * u - V_F[:, None])
+            V_N = p_max * V_N - A * Q
+            g_far = u - (V_N + V_F)[:, None]
+            g = 2.0 * p * np.where(near, g_near, g_far)
         else:  # pragma: no cover
             raise ValueError(f"unknown softmax op {op!r}")
         l = np.where(skip, 0.0, l)

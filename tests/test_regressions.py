@@ -158,17 +158,46 @@ def test_regression_long_row_target_sums_float64(backend, shape, dtype):
         assert_close(grad, eg, dtype, what=what + " grad")
 
 
-@pytest.mark.xfail(strict=True, reason="known defect, not yet fixed: softmax_mse forms p_j - p_max as a "
-                   "difference for an untied class just below the max (README, Known issues)")
-def test_known_defect_softmax_mse_near_tied_max(backend):
-    # z_1 = 0 sits 2**-6 below the max: the gradient's p_max (tau u_1 - U_T)
-    # term is p_1 - p_max, which cancels 64x; every backend (the reference
-    # too) misses 8 (1 + kappa) ulp there (kappa ~26: bound 213 ulp; C 926,
-    # numba 832, numpy 326 ulp).  The fix is d_j = p_max expm1(z_j - m) for
-    # that difference (and sum_k p_k d_k for Q u_j - V).  strict: this test
-    # fails once the defect is fixed, so the note is removed with it.
-    z = np.array([[-6.0, 0.0, 0.015625, -6.0, -6.0]])
-    labels = np.array([0])
-    loss, grad, kl, kg = oracle.softmax_rows("softmax_mse", z, labels=labels)
-    l, g = fastloss.softmax_mse(z, labels, reduction="none", return_grad=True, backend=backend)
-    assert_contract(g, grad, kg, np.float64, what=f"{backend} softmax_mse near-tied max")
+def _near_max_rows(seed, n):
+    """softmax_mse rows with classes at and just below the max (gaps 2^-40..1,
+    exact ties, z - m = -1e-30), labels (the argmax among them) or soft
+    targets, with and without weights, both dtypes."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        C = int(rng.integers(2, 9))
+        dt = (np.float64, np.float32)[i % 2]
+        z = rng.normal(0.0, 3.0, C)
+        k = rng.integers(0, C, size=int(rng.integers(1, C + 1)))
+        gaps = 2.0 ** -rng.uniform(0, 40, len(k)) * rng.choice([0, 1, 1, 1], len(k))
+        z[k] = z.max() - gaps
+        if rng.random() < 0.3:
+            z *= 10.0 ** rng.uniform(-3, 3)
+        z = z.astype(dt)[None, :]
+        kind = int(rng.integers(0, 4))
+        if kind < 2:  # labels; half of them on the argmax
+            t = np.array([int(np.argmax(z)) if rng.random() < 0.5 else int(rng.integers(0, C))])
+        else:
+            t = rng.dirichlet(np.full(C, 0.3)).astype(dt)[None, :]
+        w = rng.uniform(0.1, 3.0, C).astype(dt) if kind % 2 else None
+        yield z, t, w
+    yield np.array([[-6.0, 0.0, 0.015625, -6.0, -6.0]]), np.array([0]), None
+    z = np.full((1, 7), -1e-30)  # e rounds to 1 off the max: not tied
+    z[0, 3] = 0.0
+    yield z, np.array([1]), None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_regression_softmax_mse_near_max_classes(backend, seed):
+    # A class just below the row max (z = [-6, 0, 2^-6, -6, -6], label 0) made
+    # p_1 - p_max cancel 64x: every backend, the reference too, missed the
+    # contract there (class 1: 326-926 ulp against 213).  Fixed by writing
+    # p_k = p_max (1 + expm1(z_k - m)) on the near set (reference.py).
+    for z, t, w in _near_max_rows(seed, 150):
+        dt = z.dtype
+        probs = t if t.dtype.kind == "f" else None
+        labels = None if probs is not None else t
+        exact = oracle.softmax_rows("softmax_mse", z.astype(np.float64), labels=labels, probs=probs, w=w)
+        l, g = fastloss.softmax_mse(z, t, weight=w, reduction="none", return_grad=True, backend=backend)
+        what = f"{backend} softmax_mse z={z.tolist()} t={t.tolist()} w={w}"
+        assert_contract(l, exact[0], exact[2], dt, what=what + " loss")
+        assert_contract(g, exact[1], exact[3], dt, what=what + " grad")
