@@ -179,6 +179,21 @@ def _near_max_rows(seed, n):
         else:
             t = rng.dirichlet(np.full(C, 0.3)).astype(dt)[None, :]
         w = rng.uniform(0.1, 3.0, C).astype(dt) if kind % 2 else None
+        if i % 4 == 3:  # past the short-row paths (C <= 32): masked classes around
+            at = np.sort(rng.choice(40, C, replace=False))
+            zz = np.full((1, 40), -np.inf, dt)
+            zz[0, at] = z[0]
+            z = zz
+            if kind < 2:
+                t = at[t]
+            else:
+                tt = np.zeros((1, 40), dt)
+                tt[0, at] = t[0]
+                t = tt
+            if w is not None:
+                ww = rng.uniform(0.1, 3.0, 40).astype(dt)
+                ww[at] = w
+                w = ww
         yield z, t, w
     yield np.array([[-6.0, 0.0, 0.015625, -6.0, -6.0]]), np.array([0]), None
     z = np.full((1, 7), -1e-30)  # e rounds to 1 off the max: not tied
