@@ -397,9 +397,12 @@ def softmax_mse(logits, target, /, *, axis=-1, weight=None, ignore_index=-100, r
                \partial \ell/\partial z_j = 2 p_j \big(w_j d_j - \textstyle\sum_k w_k d_k p_k\big),
                \quad d = p - t
 
-    The argmax entry is evaluated as :math:`2 p_m (w_m d_m (1-p_m) - \sum_{k\ne m}
-    w_k d_k p_k)` with :math:`1 - p_m` formed from the other classes, so rows
-    with one dominant logit keep a correct gradient.
+    The bracket cancels where a heavy class sits at or just below the row max
+    :math:`m`.  Classes with :math:`z_k - m \ge -\tfrac12\ln 2` are written
+    :math:`p_k = p_{\max}(1 + \operatorname{expm1}(z_k - m))`, so their
+    differences keep their digits, and :math:`1 - p_k` is formed from the other
+    classes: rows with a dominant logit, ties, or near ties keep a correct
+    gradient.
 
     Parameters
     ----------

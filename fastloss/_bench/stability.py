@@ -11,8 +11,8 @@ For every op, implementation and dtype it counts
   oracle's condition number) over the entries where both are finite.
 
 The inputs cover logits to +-1e30 and beyond (to the dtype's max), +-inf,
-NaN, masked ``-inf`` classes, dominant-label rows and rows shifted by a large
-common offset.  The oracle is computed once per (op, dtype) and shared by
+NaN, masked ``-inf`` classes, dominant-label rows, a class 2^-40..1 below the
+max (not tied) and rows shifted by a large common offset.  The oracle is computed once per (op, dtype) and shared by
 every implementation.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def elementwise_sweep(dtype, density=1):
 
 
 def softmax_sweep(dtype, density=1, C=4, seed=0):
-    """``(z (R, C), labels (R,))``: scaled random rows, masks, specials, dominant and shifted rows."""
+    """``(z (R, C), labels (R,))``: scaled random rows, masks, specials, dominant, near-tied and shifted rows."""
     rng = np.random.default_rng(seed)
     fi = np.finfo(dtype)
     top = np.log10(float(fi.max)) - 1
@@ -62,6 +62,9 @@ def softmax_sweep(dtype, density=1, C=4, seed=0):
     for c in _signed_logspace(0, top, 15 * density):  # c + [1, 0, 0, ...]: offset invariance
         add(c + np.eye(C)[0], 0)
         add(c + np.eye(C)[0], 1)
+    for g in np.logspace(-40, 0, 12 * density, base=2.0):  # a class g below the max, not tied
+        for label in (0, 1, 2 % C):
+            add([0.0, -g] + [-6.0] * (C - 2), label)
     for k in range(12 * density):  # masked classes (-inf) beside ordinary logits
         row = rng.standard_normal(C) * 10.0 ** rng.uniform(-1, 6)
         masked = rng.choice(C, size=int(rng.integers(1, C)), replace=False)
