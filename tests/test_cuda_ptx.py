@@ -86,6 +86,12 @@ def test_softmax_loss_only_int32_labels(op, threads):
     _compile(pyfunc, tuple(sig))
 
 
+def test_softmax_mse_grad_no_weight():
+    # softmax_mse's gradient has its own unweighted branch (W = sum_N p w is P)
+    ptx = _compile(_softmax.kernel_py("softmax_mse", True, False, True, 256, True), _softmax_sig(float32))
+    assert "shfl.sync" in ptx
+
+
 def test_softmax_tree_flavour():
     ptx = _compile(_softmax.kernel_py("softmax_cross_entropy", True, True, True, 32, False), _softmax_sig(float32))
     assert "shfl" not in ptx

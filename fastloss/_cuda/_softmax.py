@@ -8,10 +8,12 @@ deterministic block reduction:
 
 1. NaN count, max and first argmax;
 2. S' = sum of exp(z - m) over all but the argmax; CE: A = sum a, its part
-   over all but the argmax, B = sum a*(z - m); MSE: the classes tied with
-   the max (count, sum w, sum w t) and the sum of e over the rest.
+   over all but the argmax, B = sum a*(z - m); MSE: S' split at the near set
+   N = {z - m >= -ln2/2} (sum of e over N but the argmax, and over the rest
+   F) and, for the gradient, the sums over N of e w t, e w E, w t, w t E
+   (E = expm1(z - m)) and, with class weights, e w.
    For CE with float32/float16 storage merged into pass 1 (online rescaling, see kernel_py);
-3. CE: gradient (skipped without one); MSE: loss and V = sum over the untied classes of p w d;
+3. CE: gradient (skipped without one); MSE: loss and V_F = sum over F of p w d;
 4. MSE: gradient.
 
 Formulas mirror :func:`fastloss.reference.softmax_rows`; math is float64.
@@ -53,7 +55,7 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
     if op not in OPS:
         raise ValueError(f"unknown softmax op {op!r}")
     is_ce = op == "softmax_cross_entropy"
-    online = online and is_ce  # MSE's tied-class sums (T) are formed in pass 2 only
+    online = online and is_ce  # MSE's near-set sums are formed in pass 2 only
     bsum, bmaxarg = block_ops(shfl)
     size = shared_size(threads)
 
@@ -79,10 +81,14 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
             B = 0.0
             Ar = 0.0  # CE: sum of a over all but the (thread's, then row's) argmax
             a_am = 0.0  # CE online: a at this thread's running argmax
-            tau = 0.0  # MSE: classes tied with the max (set T) ...
-            E_r = 0.0  # ... sum of e over the rest, W_T = sum_T w, WT_T = sum_T w t
-            W_T = 0.0
-            WT_T = 0.0
+            # MSE: S' = s1 (near set N but the argmax) + E_r (the rest, F); sums
+            # over N of e w t, e w E, e w, w t, w t E (E = expm1(z - m))
+            E_r = 0.0
+            An = 0.0
+            Bn = 0.0
+            Wn = 0.0
+            WT = 0.0
+            BT = 0.0
             k = tid
             while k < C:
                 v = float64(z[base + k * inner])
@@ -143,11 +149,11 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
                     v = float64(z[base + k * inner])
                     sh = _shift(v, m, inf_row)
                     e = math.exp(sh)
-                    if k != am:
-                        s1 += e  # S = 1 + S': log1p(S') keeps S' digits
                     t = _target(has_labels, k, y, probs, base + k * inner, eps, eps_c)
                     wk = float64(w[k]) if has_w else 1.0
                     if is_ce:
+                        if k != am:
+                            s1 += e  # S = 1 + S': log1p(S') keeps S' digits
                         a = t * wk
                         A += a
                         if k != am:
@@ -157,10 +163,18 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
                             B += 2.0 * mul0(a, 0.5 * v - 0.5 * m)
                         else:
                             B += mul0(a, sh)  # a zero target masks a -inf class
-                    elif sh == 0.0:
-                        tau += 1.0
-                        W_T += wk
-                        WT_T += wk * t
+                    elif _near(sh):  # the argmax is in N (sh = 0)
+                        if k != am:
+                            s1 += e
+                        if want_grad:
+                            E = math.expm1(sh)  # to an ulp; 0 on ties
+                            wt = wk * t
+                            An += e * wt
+                            Bn += (e * wk) * E
+                            WT += wt
+                            BT += wt * E
+                            if has_w:
+                                Wn += e * wk
                     else:
                         E_r += e
                     k += threads
@@ -170,19 +184,26 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
                     B = bsum(B, buf)
                     Ar = bsum(Ar, buf)
                 else:
-                    tau = bsum(tau, buf)
                     E_r = bsum(E_r, buf)
-                    W_T = bsum(W_T, buf)
-                    WT_T = bsum(WT_T, buf)
+                    if want_grad:
+                        An = bsum(An, buf)
+                        Bn = bsum(Bn, buf)
+                        WT = bsum(WT, buf)
+                        BT = bsum(BT, buf)
+                        if has_w:
+                            Wn = bsum(Wn, buf)
+            Pn = 0.0
+            if not is_ce:
+                Pn = 1.0 + s1  # S sum_N p: the argmax's 1 and the rest of N
+                s1 += E_r  # S' = (N but the argmax) + F, all terms >= 0
             S = 1.0 + s1
             q = s1 / S  # 1 - p_argmax, never formed as a difference
             if is_ce and tid == 0:
                 # A log S - sum a (z - m): two non-negative terms, log1p keeps S' digits
                 loss[r] = A * math.log1p(s1) - B
-            # pass 3: CE gradient; MSE loss and V = sum over the rest (not T) of p u
-            Q = E_r / S  # MSE: 1 - tau p_max, never formed as a difference
+            # pass 3: CE gradient; MSE loss and V_F = sum over F of p u
             lsum = 0.0
-            V = 0.0
+            V_F = 0.0
             k = tid if (want_grad or not is_ce) else C  # CE loss alone needs no third pass
             while k < C:
                 v = float64(z[base + k * inner])
@@ -196,24 +217,43 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
                     g = Ar - A * q if k == am else p * A - a
                     grad[base + k * inner] = g * scale
                 else:
-                    d = _mse_d(p, t, Q, sh == 0.0 and tau == 1.0)
+                    near = _near(sh)
+                    E = math.expm1(sh) if near else 0.0
+                    d = _mse_d(p, t, E, s1, S, near)
                     u = wk * d
                     lsum += u * d
-                    if sh != 0.0:
-                        V += p * u
+                    if not near:
+                        V_F += p * u
                 k += threads
             if not is_ce:
                 lsum = bsum(lsum, buf)
-                V = bsum(V, buf)
                 if tid == 0:
                     loss[r] = lsum
                 if want_grad:
+                    V_F = bsum(V_F, buf)
+                    # dl/dz_j = 2 p_j G_j, G_j = sum_k p_k (u_j - u_k): summing then
+                    # subtracting cancels to noise where u_j ~ u_k for a heavy k, at
+                    # or just below the max ([-6, 0, 2^-6]; -1e-30 next to 0, where
+                    # e rounds to 1).  On N, p_k = p_max (1 + E_k): p_j - p_k =
+                    # p_max (E_j - E_k) keeps its digits and the 1s cancel exactly
+                    # (as in fastloss.reference):
+                    #   j in N: G_j = p_max ((w_j P - W) + (w_j E_j P - B))
+                    #                 - (w_j t_j P - A) + (Q u_j - V_F)
+                    #   j in F: G_j = u_j - (V_N + V_F),
+                    #           V_N = p_max ((W - WT P) + (B - BT P)) - A Q
+                    # P, W, A, B: sums over N of p, p w, p w t, p w E; Q = sum_F p.
                     p_max = 1.0 / S
-                    # U_T = p_max W_T - WT_T cancels when a tied class is the label;
-                    # with tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau
-                    w_bar = W_T / tau
-                    U_T = (w_bar - WT_T) - Q * w_bar
-                    # pass 4: 2 p (u_j - sum p u) = 2 p (p_max A_j + (Q u_j - V)), no cancellation
+                    P = Pn / S
+                    Q = E_r / S  # 1 - P, never formed as a difference
+                    A = An / S
+                    B = Bn / S
+                    W = Wn / S
+                    if has_w:
+                        V_N = (W - WT * P) + (B - BT * P)
+                    else:  # W = P: w_j P - W = 0, W - WT P = P (1 - WT)
+                        V_N = P * (1.0 - WT) + (B - BT * P)
+                    V = (p_max * V_N - A * Q) + V_F
+                    # pass 4: the gradient
                     k = tid
                     while k < C:
                         v = float64(z[base + k * inner])
@@ -221,13 +261,16 @@ def kernel_py(op, has_labels, has_w, want_grad, threads, shfl, online=False):
                         p = math.exp(sh) / S
                         t = _target(has_labels, k, y, probs, base + k * inner, eps, eps_c)
                         wk = float64(w[k]) if has_w else 1.0
-                        u = wk * _mse_d(p, t, Q, sh == 0.0 and tau == 1.0)
-                        tw = tau * wk
-                        if sh == 0.0:
-                            Aj = p_max * (tw - W_T) - (tw * t - WT_T)
+                        near = _near(sh)
+                        E = math.expm1(sh) if near else 0.0
+                        u = wk * _mse_d(p, t, E, s1, S, near)
+                        if near:
+                            G = (wk * E) * P - B
+                            if has_w:
+                                G += wk * P - W
+                            G = p_max * G - ((wk * t) * P - A) + (Q * u - V_F)
                         else:
-                            Aj = tau * u - U_T
-                        G = p_max * Aj + (Q * u - V)
+                            G = u - V
                         grad[base + k * inner] = (2.0 * p * G) * scale
                         k += threads
             r += cuda.gridDim.x
@@ -243,10 +286,23 @@ def _shift(v, m, inf_row):
     return v - m  # exact near the max (Sterbenz)
 
 
+#: softmax_mse's near set N: z - m >= -ln(2)/2, where exp(z - m) >= 1/sqrt(2)
+_HALF_LN2 = 0.5 * math.log(2.0)
+
+
 @cuda.jit(device=True, inline=True)
-def _mse_d(p, t, Q, sole_max):
-    """p - t; at a sole max (1 - t) - Q, exact when p_max rounds to 1."""
-    return (1.0 - t) - Q if sole_max else p - t
+def _near(sh):
+    """Whether sh = z - m puts the class in softmax_mse's near set N.
+
+    The one membership rule of every pass (each recomputes the same sh)."""
+    return sh >= -_HALF_LN2
+
+
+@cuda.jit(device=True, inline=True)
+def _mse_d(p, t, E, s1, S, near):
+    """p - t; on N with t >= 1/2, (1 - t) - (S' - E)/S: 1 - p = (S' - E)/S
+    with both terms >= 0 keeps the digits p - t rounds off ([0, -40], label 0)."""
+    return (1.0 - t) - (s1 - E) / S if (near and t >= 0.5) else p - t
 
 
 @cuda.jit(device=True, inline=True)
@@ -289,7 +345,7 @@ def softmax_dev(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, sc
         return
     threads = threads_for(C)
     # one read of the row fewer where float64 accumulation makes rescaling harmless
-    # (CE only: MSE's tied-class sums T would need rescaling too)
+    # (CE only: MSE's near-set sums would need rescaling too)
     online = z.dtype != np.float64 and op == "softmax_cross_entropy"
     kern = _kernel(op, labels is not None, w is not None, grad is not None, threads, online)
     dummy_f = cuda.device_array(1, dtype=z.dtype, stream=stream)

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from fastloss import _cuda, reference
+from fastloss import _cuda, oracle, reference
 from simcheck import assert_close, softmax_inputs
+from tests.tolerances import assert_contract
 
 DTYPES = [np.float32, np.float64]
 
@@ -81,3 +82,30 @@ def test_online_rescaling_rows(case):
     got = _run(_cuda, op, z, *args, w, ignore, eps, grad, inplace)
     assert_close(got[0], want[0], np.float32, "loss")
     assert_close(got[1], want[1], np.float32, "grad")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_mse_near_max_rows_inplace(dtype):
+    # classes just below the max, not tied ([-6, 0, 2^-6], -1e-30 next to 0):
+    # the near set's p_max (1 + expm1(z - m)) form, with grad aliasing z.
+    # Held to the oracle contract, not to the reference: with weights, the
+    # gradient of [-6, 0, 2^-6] is conditioned by w_1 - w_2 (kappa ~320), where
+    # two correct roundings of the same formula differ by more than RTOL.
+    C = 40
+    z = np.full((5, C), -40.0)
+    z[0, :] = -6.0
+    z[0, [1, 2]] = 0.0, 2.0 ** -6
+    z[1, :] = -1e-30
+    z[1, 33] = 0.0
+    z[2, [0, 5, 36]] = 0.0, -2.0 ** -20, 0.0  # ties across the block's chunks
+    z[3, [3, 34, 35]] = -0.3, 0.0, -0.5  # inside and outside z - m >= -ln2/2
+    z[4, [2, 37]] = -1e-12, 0.0  # the gap alone sets the gradient (float32 too)
+    z = z.astype(dtype)
+    labels = np.array([0, 1, 36, 3, 0])
+    w = np.linspace(0.5, 2.0, C).astype(dtype)
+    for ww in (None, w):
+        loss, grad = _run(_cuda, "softmax_mse", z, labels, None, ww, -100, 0.0, True, True, scale=1.0)
+        l, g, kl, kg = oracle.softmax_rows("softmax_mse", z.astype(np.float64), labels=labels, w=ww)
+        what = "weight" if ww is not None else "no weight"
+        assert_contract(loss, l, kl, dtype, what=f"near-max loss, {what}")
+        assert_contract(grad, g, kg, dtype, what=f"near-max grad (in place), {what}")
