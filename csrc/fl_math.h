@@ -359,10 +359,13 @@ FL_INLINE double fl_sum_f32(const float *v, int64_t m)
 /* softmax_mse row sums from tagged values v[0..n) (see fl_exp_tag; e esc
  * = esc - v on the near set N, -v elsewhere (F); E esc = -v on N), in
  * double: s[0] = sum_N e, s[1] = sum_F e (times esc), s[2] = sum_N e E,
- * s[3] = sum_F e^2 (times esc^2).  Fixed order: lane q of 8 takes j % 8 ==
- * q, then a fixed tree (as fl_sum).  f32 (a constant after inlining): v is
- * float, else double.  Callers keep n small (a block) and add block
- * partials pairwise: sums of long rows stay accurate. */
+ * s[3] = sum_F e^2 (times esc^2); with targets t (has_t) s[4] = sum_N w t,
+ * s[5] = sum_N w t E (times esc); with weights w (has_w) s[6] = sum_N w e
+ * (times esc), s[7] = sum_N w e E (times esc^2), where w = 1 without
+ * weights.  f32, has_w, has_t: constants after inlining; w, t and v are
+ * float when f32, else double.  Fixed order: lane q of 8 takes j % 8 == q,
+ * then a fixed tree (as fl_sum).  Callers keep n small (a block) and add
+ * block partials pairwise: sums of long rows stay accurate. */
 #if defined(__GNUC__)
 typedef int64_t fl_i8 __attribute__((vector_size(64)));
 /* 8 entries of v (float or double) as doubles; through a pointer, not a
@@ -378,39 +381,71 @@ FL_INLINE void fl_load8(fl_v8 *x, const void *v, int64_t j, int f32)
     }
 }
 #endif
-FL_INLINE void fl_near_sums(const void *v, int64_t n, int f32, double esc, double s[4])
+FL_INLINE double fl_ld(const void *v, int64_t j, int f32)
 {
-    double a[4][8] = {{0}};
+    return f32 ? (double)((const float *)v)[j] : ((const double *)v)[j];
+}
+FL_INLINE void fl_near_sums(const void *v, const void *w, const void *t, int64_t n, int f32, double esc, int has_w,
+                            int has_t, double s[8])
+{
+    double a[8][8] = {{0}};
     int64_t j = 0;
 #if defined(__GNUC__)
-    fl_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    fl_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
     const fl_v8 ev = {esc, esc, esc, esc, esc, esc, esc, esc};
     for (; j + 8 <= n; j += 8) {
-        fl_v8 x;
+        fl_v8 x, wv = {1, 1, 1, 1, 1, 1, 1, 1}, tv = {0};
         fl_load8(&x, v, j, f32);
         fl_i8 nr = (fl_i8)x >= 0;  /* -1 on near lanes: the sign bit clear */
         fl_v8 e = (fl_v8)(nr & (fl_i8)ev) - x;  /* e esc */
         fl_v8 en = (fl_v8)(nr & (fl_i8)e), ef = (fl_v8)(~nr & (fl_i8)e);
+        fl_v8 En = (fl_v8)(nr & (fl_i8)-x);  /* E esc on N, 0 elsewhere */
         a0 += en;
         a1 += ef;
-        a2 -= en * x;
+        a2 += en * En;
         a3 += ef * ef;
+        if (has_w)
+            fl_load8(&wv, w, j, f32);
+        if (has_t) {
+            fl_load8(&tv, t, j, f32);
+            /* unweighted: a product with the 0/1 mask (gcc 12 ICEs on the
+             * bitwise AND of a converted float load in the AVX2 variant) */
+            fl_v8 wt = has_w ? (fl_v8)(nr & (fl_i8)(wv * tv)) : tv * (fl_v8)(nr & (fl_i8)(fl_v8){1, 1, 1, 1, 1, 1, 1, 1});
+            a4 += wt;
+            a5 += wt * En;
+        }
+        if (has_w) {
+            fl_v8 we = wv * en;
+            a6 += we;
+            a7 += we * En;
+        }
     }
     memcpy(a[0], &a0, sizeof a0);
     memcpy(a[1], &a1, sizeof a1);
     memcpy(a[2], &a2, sizeof a2);
     memcpy(a[3], &a3, sizeof a3);
+    memcpy(a[4], &a4, sizeof a4);
+    memcpy(a[5], &a5, sizeof a5);
+    memcpy(a[6], &a6, sizeof a6);
+    memcpy(a[7], &a7, sizeof a7);
 #endif
     for (; j < n; j++) {
-        double x = f32 ? (double)((const float *)v)[j] : ((const double *)v)[j];
+        double x = fl_ld(v, j, f32);
         int nr = fl_is_near(x);
         double e = nr ? esc - x : -x;
-        a[0][j & 7] += nr ? e : 0.0;
+        double en = nr ? e : 0.0, En = nr ? -x : 0.0;
+        double wk = has_w ? fl_ld(w, j, f32) : 1.0;
+        double wt = nr && has_t ? wk * fl_ld(t, j, f32) : 0.0;
+        a[0][j & 7] += en;
         a[1][j & 7] += nr ? 0.0 : e;
-        a[2][j & 7] -= nr ? e * x : 0.0;
+        a[2][j & 7] += en * En;
         a[3][j & 7] += nr ? 0.0 : e * e;
+        a[4][j & 7] += wt;
+        a[5][j & 7] += wt * En;
+        a[6][j & 7] += wk * en;
+        a[7][j & 7] += (wk * en) * En;
     }
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 8; i++)
         s[i] = ((a[i][0] + a[i][1]) + (a[i][2] + a[i][3])) + ((a[i][4] + a[i][5]) + (a[i][6] + a[i][7]));
 }
 

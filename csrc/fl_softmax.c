@@ -150,15 +150,15 @@ FL_INLINE double fl_smse_plain(fl_smse_k *K, const double *s, double xy, double 
 }
 
 #define FL_TS_BLOCK 1024  /* softmax_mse row sums: block partials, added pairwise */
-#define FL_SM_NSUM 6      /* softmax_mse weighted/probability rows: sums per 64-class block */
+#define FL_SM_NSUM 8      /* softmax_mse: at most 8 arrays of block partials */
 
 /* Doubles of row work buffer: e; softmax_mse adds its block partials,
  * cross-entropy with smoothing or probabilities the scratch of its pairwise
  * target sums (fl_target_dot). */
 FL_INLINE int64_t fl_row_buf_len(const fl_sm_ctx *c)
 {
-    /* softmax_mse: the tagged values, then arrays of block partials (4 sums
-     * of FL_TS_BLOCK entries, then up to FL_SM_NSUM of 64) */
+    /* softmax_mse: the tagged values, then arrays of block partials (up to
+     * FL_SM_NSUM sums of FL_TS_BLOCK entries, then 2 of 64) */
     if (c->op_mse)
         return c->C + FL_SM_NSUM * ((c->C + 63) / 64);
     return c->probs != NULL || c->smoothing != 0.0 ? 2 * c->C : c->C;

@@ -100,8 +100,9 @@ FL_INLINE double FL_V(fl_target_dot)(const T *restrict z, double m, const T *res
  * fl_smse_g in fl_softmax.c). ---- */
 
 /* e esc of a tagged value x (fl_exp_tag): esc - x on N (e = 1 + E, E = -x
- * / esc), -x elsewhere */
-#define FL_EV(x, nr) ((nr) ? FL_ESC - (x) : -(x))
+ * / esc), -x elsewhere.  The esc by a bit mask, not a select: gcc moved the
+ * float64 division p = e / S into both arms of a select (two divisions). */
+#define FL_EV(x, nr) (fl_from_bits(fl_bits(FL_ESC) & ((uint64_t)0 - (uint64_t)(nr))) - (x))
 
 /* Tagged values into eb: near classes |E|, the rest -e (fl_exp_tag).
  * float32 rows: in float arithmetic times 2^100 (16 lanes; the 2^100 keeps
@@ -123,21 +124,19 @@ FL_INLINE void FL_V(fl_smse_exp)(const T *restrict z, double m, int64_t C, FL_EB
 }
 
 /* Loss (and gradient) of a weighted or probability-target row from the
- * tagged values; has_p, has_w are constants after inlining (no per-entry
- * branches).  Per block of 64 classes the terms go to small arrays (a
- * vector loop: a running sum would keep it scalar) summed by fl_sum, and
- * the block partials (pb: FL_SM_NSUM arrays of them) are added pairwise:
- * VF and the differences of G_j cancel, and one running sum over a long
- * row drifts by tens of ulp. */
+ * tagged values, the row constants in K (the sums of fl_near_sums: A, WT,
+ * BT, W, B already there); has_p, has_w are constants after inlining (no
+ * per-entry branches).  The loss and VF terms go by blocks of 64 classes
+ * to small arrays (a vector loop: a running sum would keep it scalar)
+ * summed by fl_sum, the block partials (pb) added pairwise: VF cancels in
+ * G_j, and one running loss over a long row drifts by tens of ulp. */
 FL_INLINE void FL_V(fl_smse_general)(const FL_EBT *restrict e, T *restrict g, const T *restrict pr,
                                      const T *restrict w, int64_t y, int64_t C, fl_smse_k *K, double *restrict pb,
                                      double *lossp, int has_p, int has_w)
 {
     const int f32 = sizeof(T) == 4;
-    const int64_t nb = (C + 63) / 64;
-    double *restrict lb = pb, *restrict vb = pb + nb, *restrict tb = pb + 2 * nb, *restrict bb = pb + 3 * nb;
-    double *restrict wb = pb + 4 * nb, *restrict xb = pb + 5 * nb;
-    double lt[64], vt[64], tt[64], btt[64], wt[64], bwt[64];
+    double *restrict lb = pb, *restrict vb = pb + (C + 63) / 64;
+    double lt[64], vt[64];
     int64_t nblk = 0;
     for (int64_t k0 = 0; k0 < C; k0 += 64) {
         int64_t n = C - k0 > 64 ? 64 : C - k0;
@@ -146,49 +145,56 @@ FL_INLINE void FL_V(fl_smse_general)(const FL_EBT *restrict e, T *restrict g, co
             double x = (double)e[k];
             int nr = fl_is_near(x);
             double p = fl_smse_p(FL_EV(x, nr), K, f32);
-            double E = -x * (1.0 / FL_ESC);  /* off N: e, multiplied by 0 below */
             double t = has_p ? (double)pr[k] : (k == y ? 1.0 : 0.0);
             double wk = has_w ? (double)w[k] : 1.0;
-            double d = fl_smse_d(nr, p, E, t, K);
+            double d = fl_smse_d(nr, p, -x * (1.0 / FL_ESC), t, K);
             double u = wk * d;
-            double wtk = nr ? wk * t : 0.0;
-            double we = nr ? wk * FL_EV(x, nr) : 0.0;  /* w e esc */
             lt[j] = u * d;
             vt[j] = nr ? 0.0 : p * u;
-            tt[j] = wtk;
-            btt[j] = wtk * E;
-            wt[j] = we;
-            bwt[j] = we * E;
         }
         lb[nblk] = fl_sum(lt, n);
-        vb[nblk] = fl_sum(vt, n);
-        tb[nblk] = fl_sum(tt, n);
-        bb[nblk] = fl_sum(btt, n);
-        if (has_w) {
-            wb[nblk] = fl_sum(wt, n);
-            xb[nblk] = fl_sum(bwt, n);
-        }
-        nblk++;
+        vb[nblk++] = fl_sum(vt, n);
     }
     *lossp = fl_pairwise_inplace(lb, nblk);
     if (g == NULL)
         return;
     K->VF = fl_pairwise_inplace(vb, nblk);
-    K->WT = fl_pairwise_inplace(tb, nblk);
-    K->BT = fl_pairwise_inplace(bb, nblk);
-    if (has_w) {  /* the esc scaling is exact */
-        K->W = fl_pairwise_inplace(wb, nblk) * (1.0 / FL_ESC);
-        K->B = fl_pairwise_inplace(xb, nblk) * (1.0 / FL_ESC);
-    }
-    K->A = K->WT + K->BT;  /* sum_N w t e, |BT| <= 0.35 WT */
     fl_smse_vn(K, has_w);
+    /* labels: every entry as if t = 0 (a select on k == y kept the loop
+     * scalar), the label after */
     for (int64_t k = 0; k < C; k++) {
         double x = (double)e[k];
         int nr = fl_is_near(x);
-        double t = has_p ? (double)pr[k] : (k == y ? 1.0 : 0.0);
+        double t = has_p ? (double)pr[k] : 0.0;
         double wk = has_w ? (double)w[k] : 1.0;
         g[k] = (T)fl_smse_g(nr, fl_smse_p(FL_EV(x, nr), K, f32), -x * (1.0 / FL_ESC), t, wk, K, has_w);
     }
+    if (!has_p) {
+        double x = (double)e[y];
+        int nr = fl_is_near(x);
+        double wk = has_w ? (double)w[y] : 1.0;
+        g[y] = (T)fl_smse_g(nr, fl_smse_p(FL_EV(x, nr), K, f32), -x * (1.0 / FL_ESC), 1.0, wk, K, has_w);
+    }
+}
+
+/* The row sums (fl_near_sums) by blocks of FL_TS_BLOCK into s, partials
+ * added pairwise through pa (after the value buffer, which float rows
+ * fill only half of); has_w, has_t: constants after inlining. */
+FL_INLINE void FL_V(fl_smse_sums)(const FL_EBT *restrict e, const T *restrict w, const T *restrict pr, int64_t C,
+                                  double *restrict pa, double *s, int has_w, int has_t)
+{
+    const int ns = has_w || has_t ? 8 : 4;
+    int64_t nblk = (C + FL_TS_BLOCK - 1) / FL_TS_BLOCK;
+    for (int64_t b = 0; b < nblk; b++) {
+        int64_t k0 = b * FL_TS_BLOCK, n = C - k0 < FL_TS_BLOCK ? C - k0 : FL_TS_BLOCK;
+        double sb[8];
+        fl_near_sums(e + k0, has_w ? w + k0 : NULL, has_t ? pr + k0 : NULL, n, sizeof(T) == 4, FL_ESC, has_w, has_t,
+                     sb);
+        for (int i = 0; i < ns; i++)
+            pa[i * nblk + b] = sb[i];
+    }
+    for (int i = 0; i < ns; i++)
+        s[i] = fl_pairwise_inplace(pa + i * nblk, nblk);
 }
 
 /* softmax_mse of a valid row (no NaN, max m > -inf) into *lossp and g
@@ -200,44 +206,54 @@ static FL_ATTR void FL_V(fl_smse_row)(const fl_sm_ctx *c, const T *restrict z, T
     const int f32 = sizeof(T) == 4;
     FL_EBT *restrict e = (FL_EBT *)eb;
     FL_V(fl_smse_exp)(z, m, C, e);
-    /* the four row sums (fl_near_sums) by blocks, partials added pairwise
-     * (after the value buffer, which float rows fill only half of) */
-    int64_t nblk = (C + FL_TS_BLOCK - 1) / FL_TS_BLOCK;
-    double *pa = eb + C;
-    for (int64_t b = 0; b < nblk; b++) {
-        int64_t k0 = b * FL_TS_BLOCK, n = C - k0 < FL_TS_BLOCK ? C - k0 : FL_TS_BLOCK;
-        double sb[4];
-        fl_near_sums(e + k0, n, f32, FL_ESC, sb);
-        for (int i = 0; i < 4; i++)
-            pa[i * nblk + b] = sb[i];
-    }
-    double s[4];
-    for (int i = 0; i < 4; i++)
-        s[i] = fl_pairwise_inplace(pa + i * nblk, nblk);
+    double s[8];
     fl_smse_k K;
+    if (pr == NULL && w == NULL) {
+        /* plain (w = 1, one-hot t): loss, VF and VN from the sums, no loss loop */
+        FL_V(fl_smse_sums)(e, w, pr, C, eb + C, s, 0, 0);
+        fl_smse_consts(&K, s, FL_ESC, c->scale);
+        double gy;
+        *lossp = fl_smse_plain(&K, s, (double)e[y], FL_ESC, f32, &gy);
+        if (g == NULL)
+            return;
+        /* every entry as if t = 0, the label after */
+        T *restrict gr = g;  /* the loop reads only e */
+        for (int64_t k = 0; k < C; k++) {
+            double x = (double)e[k];
+            int nr = fl_is_near(x);
+            gr[k] = (T)fl_smse_g(nr, fl_smse_p(FL_EV(x, nr), &K, f32), -x * (1.0 / FL_ESC), 0.0, 1.0, &K, 0);
+        }
+        gr[y] = (T)gy;
+        return;
+    }
+    /* the sums of w t, w t E, w e, w e E over N need no S: with the others */
+    if (pr == NULL)
+        FL_V(fl_smse_sums)(e, w, pr, C, eb + C, s, 1, 0);
+    else if (w == NULL)
+        FL_V(fl_smse_sums)(e, w, pr, C, eb + C, s, 0, 1);
+    else
+        FL_V(fl_smse_sums)(e, w, pr, C, eb + C, s, 1, 1);
     fl_smse_consts(&K, s, FL_ESC, c->scale);
-    if (pr != NULL || w != NULL) {  /* the pa partials are spent */
-        if (pr == NULL)
-            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, eb + C, lossp, 0, 1);
-        else if (w == NULL)
-            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, eb + C, lossp, 1, 0);
-        else
-            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, eb + C, lossp, 1, 1);
-        return;
+    if (pr == NULL) {  /* one-hot t: sum_N w t, w t E are y's own */
+        double xy = (double)e[y];
+        int yn = fl_is_near(xy);
+        s[4] = yn ? (double)w[y] : 0.0;
+        s[5] = yn ? (double)w[y] * -xy : 0.0;
     }
-    /* plain (w = 1, one-hot t): loss, VF and VN from the sums, no loss loop */
-    double gy;
-    *lossp = fl_smse_plain(&K, s, (double)e[y], FL_ESC, f32, &gy);
-    if (g == NULL)
-        return;
-    /* every entry as if t = 0, the label after */
-    T *restrict gr = g;  /* the loop reads only e */
-    for (int64_t k = 0; k < C; k++) {
-        double x = (double)e[k];
-        int nr = fl_is_near(x);
-        gr[k] = (T)fl_smse_g(nr, fl_smse_p(FL_EV(x, nr), &K, f32), -x * (1.0 / FL_ESC), 0.0, 1.0, &K, 0);
+    K.WT = s[4];
+    K.BT = s[5] * (1.0 / FL_ESC);  /* the esc scalings are exact */
+    K.A = K.WT + K.BT;             /* sum_N w t e, |BT| <= 0.35 WT */
+    if (w != NULL) {
+        K.W = s[6] * (1.0 / FL_ESC);
+        K.B = s[7] * (1.0 / (FL_ESC * FL_ESC));
     }
-    gr[y] = (T)gy;
+    /* the pa partials are spent */
+    if (pr == NULL)
+        FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, eb + C, lossp, 0, 1);
+    else if (w == NULL)
+        FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, eb + C, lossp, 1, 0);
+    else
+        FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, eb + C, lossp, 1, 1);
 }
 
 /* Row r, with the work buffer eb (fl_row_buf_len doubles, NULL when out of
