@@ -319,9 +319,9 @@ FL_INLINE float fl_exp_tag_f32(float z, float m)
     return near ? __builtin_fabsf(em1) : -e;
 }
 
-/* Whether a tagged value is a near class: the sign bit (copysign: a vector
- * bit operation, no integer compare) */
-FL_INLINE int fl_is_near(double v) { return __builtin_copysign(1.0, v) > 0.0; }
+/* Whether a tagged value is a near class: the sign bit clear (one integer
+ * compare per vector) */
+FL_INLINE int fl_is_near(double v) { return (int64_t)fl_bits(v) >= 0; }
 
 /* Sum of float v[0..m) in double, fixed order: lane q of two 8-lane
  * accumulators takes j % 16 == q (resp. 8 + q), then a fixed tree (as
@@ -363,8 +363,8 @@ FL_INLINE double fl_sum_f32(const float *v, int64_t m)
  * s[5] = sum_N w t E (times esc); with weights w (has_w) s[6] = sum_N w e
  * (times esc), s[7] = sum_N w e E (times esc^2), where w = 1 without
  * weights.  f32, has_w, has_t: constants after inlining; w, t and v are
- * float when f32, else double.  Fixed order: lane q of 8 takes j % 8 == q,
- * then a fixed tree (as fl_sum).  Callers keep n small (a block) and add
+ * float when f32, else double.  Fixed order: lane q of 16 takes j % 16 ==
+ * q, then a fixed tree (as fl_sum_f32); below 16 entries, in order.  Callers keep n small (a block) and add
  * block partials pairwise: sums of long rows stay accurate. */
 #if defined(__GNUC__)
 typedef int64_t fl_i8 __attribute__((vector_size(64)));
@@ -385,49 +385,77 @@ FL_INLINE double fl_ld(const void *v, int64_t j, int f32)
 {
     return f32 ? (double)((const float *)v)[j] : ((const double *)v)[j];
 }
+/* one step of 8 entries at j into the 8 accumulators (see fl_near_sums) */
+#if defined(__GNUC__)
+FL_INLINE void fl_near_step(const void *v, const void *w, const void *t, int64_t j, int f32, double esc, int has_w,
+                            int has_t, fl_v8 *a)
+{
+    const fl_v8 ev = {esc, esc, esc, esc, esc, esc, esc, esc};
+    fl_v8 x, wv = {1, 1, 1, 1, 1, 1, 1, 1}, tv = {0};
+    fl_load8(&x, v, j, f32);
+    fl_i8 nr = (fl_i8)x >= 0;  /* -1 on near lanes: the sign bit clear */
+    /* masks of -x, not of x: gcc 12 ICEs on the bitwise AND of a
+     * converted float load in the AVX2 variant */
+    fl_v8 nx = -x;
+    fl_v8 En = (fl_v8)(nr & (fl_i8)nx), ef = (fl_v8)(~nr & (fl_i8)nx);  /* E esc on N, e esc off N */
+    fl_v8 en = (fl_v8)(nr & (fl_i8)ev) + En;                          /* e esc on N */
+    a[0] += en;
+    a[1] += ef;
+    a[2] += en * En;
+    a[3] += ef * ef;
+    if (has_w)
+        fl_load8(&wv, w, j, f32);
+    if (has_t) {
+        fl_load8(&tv, t, j, f32);
+        /* unweighted: a product with the 0/1 mask (the ICE above) */
+        fl_v8 wt = has_w ? (fl_v8)(nr & (fl_i8)(wv * tv)) : tv * (fl_v8)(nr & (fl_i8)(fl_v8){1, 1, 1, 1, 1, 1, 1, 1});
+        a[4] += wt;
+        a[5] += wt * En;
+    }
+    if (has_w) {
+        fl_v8 we = wv * en;
+        a[6] += we;
+        a[7] += we * En;
+    }
+}
+#endif
 FL_INLINE void fl_near_sums(const void *v, const void *w, const void *t, int64_t n, int f32, double esc, int has_w,
                             int has_t, double s[8])
 {
-    double a[8][8] = {{0}};
+    if (n < 16) {  /* short rows: in order, no lanes to zero and fold */
+        for (int i = 0; i < 8; i++)
+            s[i] = 0.0;
+        for (int64_t j = 0; j < n; j++) {
+            double x = fl_ld(v, j, f32);
+            int nr = fl_is_near(x);
+            double e = nr ? esc - x : -x;
+            double en = nr ? e : 0.0, En = nr ? -x : 0.0;
+            double wk = has_w ? fl_ld(w, j, f32) : 1.0;
+            double wt = nr && has_t ? wk * fl_ld(t, j, f32) : 0.0;
+            s[0] += en;
+            s[1] += nr ? 0.0 : e;
+            s[2] += en * En;
+            s[3] += nr ? 0.0 : e * e;
+            s[4] += wt;
+            s[5] += wt * En;
+            s[6] += wk * en;
+            s[7] += (wk * en) * En;
+        }
+        return;
+    }
+    double a[8][16] = {{0}};
     int64_t j = 0;
 #if defined(__GNUC__)
-    fl_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};
-    const fl_v8 ev = {esc, esc, esc, esc, esc, esc, esc, esc};
-    for (; j + 8 <= n; j += 8) {
-        fl_v8 x, wv = {1, 1, 1, 1, 1, 1, 1, 1}, tv = {0};
-        fl_load8(&x, v, j, f32);
-        fl_i8 nr = (fl_i8)x >= 0;  /* -1 on near lanes: the sign bit clear */
-        fl_v8 e = (fl_v8)(nr & (fl_i8)ev) - x;  /* e esc */
-        fl_v8 en = (fl_v8)(nr & (fl_i8)e), ef = (fl_v8)(~nr & (fl_i8)e);
-        fl_v8 En = (fl_v8)(nr & (fl_i8)-x);  /* E esc on N, 0 elsewhere */
-        a0 += en;
-        a1 += ef;
-        a2 += en * En;
-        a3 += ef * ef;
-        if (has_w)
-            fl_load8(&wv, w, j, f32);
-        if (has_t) {
-            fl_load8(&tv, t, j, f32);
-            /* unweighted: a product with the 0/1 mask (gcc 12 ICEs on the
-             * bitwise AND of a converted float load in the AVX2 variant) */
-            fl_v8 wt = has_w ? (fl_v8)(nr & (fl_i8)(wv * tv)) : tv * (fl_v8)(nr & (fl_i8)(fl_v8){1, 1, 1, 1, 1, 1, 1, 1});
-            a4 += wt;
-            a5 += wt * En;
-        }
-        if (has_w) {
-            fl_v8 we = wv * en;
-            a6 += we;
-            a7 += we * En;
-        }
+    /* two sets of accumulators (lanes j % 16 < 8, >= 8): two add chains */
+    fl_v8 A[8] = {{0}}, B[8] = {{0}};
+    for (; j + 16 <= n; j += 16) {
+        fl_near_step(v, w, t, j, f32, esc, has_w, has_t, A);
+        fl_near_step(v, w, t, j + 8, f32, esc, has_w, has_t, B);
     }
-    memcpy(a[0], &a0, sizeof a0);
-    memcpy(a[1], &a1, sizeof a1);
-    memcpy(a[2], &a2, sizeof a2);
-    memcpy(a[3], &a3, sizeof a3);
-    memcpy(a[4], &a4, sizeof a4);
-    memcpy(a[5], &a5, sizeof a5);
-    memcpy(a[6], &a6, sizeof a6);
-    memcpy(a[7], &a7, sizeof a7);
+    for (int i = 0; i < 8; i++) {
+        memcpy(a[i], &A[i], sizeof A[i]);
+        memcpy(a[i] + 8, &B[i], sizeof B[i]);
+    }
 #endif
     for (; j < n; j++) {
         double x = fl_ld(v, j, f32);
@@ -436,17 +464,20 @@ FL_INLINE void fl_near_sums(const void *v, const void *w, const void *t, int64_t
         double en = nr ? e : 0.0, En = nr ? -x : 0.0;
         double wk = has_w ? fl_ld(w, j, f32) : 1.0;
         double wt = nr && has_t ? wk * fl_ld(t, j, f32) : 0.0;
-        a[0][j & 7] += en;
-        a[1][j & 7] += nr ? 0.0 : e;
-        a[2][j & 7] += en * En;
-        a[3][j & 7] += nr ? 0.0 : e * e;
-        a[4][j & 7] += wt;
-        a[5][j & 7] += wt * En;
-        a[6][j & 7] += wk * en;
-        a[7][j & 7] += (wk * en) * En;
+        a[0][j & 15] += en;
+        a[1][j & 15] += nr ? 0.0 : e;
+        a[2][j & 15] += en * En;
+        a[3][j & 15] += nr ? 0.0 : e * e;
+        a[4][j & 15] += wt;
+        a[5][j & 15] += wt * En;
+        a[6][j & 15] += wk * en;
+        a[7][j & 15] += (wk * en) * En;
     }
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 8; i++) {
+        for (int q = 0; q < 8; q++)
+            a[i][q] += a[i][q + 8];
         s[i] = ((a[i][0] + a[i][1]) + (a[i][2] + a[i][3])) + ((a[i][4] + a[i][5]) + (a[i][6] + a[i][7]));
+    }
 }
 
 /* log1p(u) for float u in [0, 1] (or NaN) in float arithmetic, ~1 ulp:

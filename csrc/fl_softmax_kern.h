@@ -628,12 +628,13 @@ FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb,
     for (int64_t k = 0; k < C; k++)
         for (int i = 0; i < nb; i++) {
             double x = (double)E[k * FL_RB + i];
-            int nr = fl_is_near(x);
-            double ev = FL_EV(x, nr);  /* float32: e 2^100, e^2 2^200 (no overflow) */
-            s0[i] += nr ? ev : 0.0;
-            eF[i] += nr ? 0.0 : ev;
-            sEe[i] -= nr ? ev * x : 0.0;
-            e2F[i] += nr ? 0.0 : ev * ev;
+            uint64_t nm = (uint64_t)0 - (uint64_t)fl_is_near(x);  /* bit masks, not selects: */
+            double ev = fl_from_bits(fl_bits(FL_ESC) & nm) - x;  /* no blends of the sums */
+            double en = fl_from_bits(fl_bits(ev) & nm), ef = fl_from_bits(fl_bits(ev) & ~nm);
+            s0[i] += en;  /* float32: e 2^100, e^2 2^200 (no overflow) */
+            eF[i] += ef;
+            sEe[i] -= en * x;
+            e2F[i] += ef * ef;
         }
     /* per row: the constants, the loss and the label's gradient entry (from
      * the unrounded tagged value) */
