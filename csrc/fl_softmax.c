@@ -6,8 +6,9 @@
  *           all but the argmax, and the target terms of the loss (last read
  *           of z: grad may be z itself);
  *   pass 3  gradient from the buffer.
- * softmax_mse (fl_smse_row) stores e tagged by the tie with the max and
- * sums e and e^2 off the tied set instead; plain rows need no loss pass.
+ * softmax_mse (fl_smse_row) stores one value per class tagged by the near
+ * set (expm1(z - m) near the max, e elsewhere) and sums over N and F
+ * instead; plain rows need no loss pass.
  * Rows are independent, so threads split rows and results never depend on
  * the thread count.  fl_softmax_impl.h instantiates float32 and float64.
  */
