@@ -259,8 +259,10 @@ FL_INLINE double fl_exp_nonpos_m1_f32(float x, double *em1)
  * rounding error of z - m), ~1 float ulp.  The 2^100 keeps e normal down to
  * z - m = -156; below -150 the result is 0 (e / S < 2^-216 rounds to 0 in
  * float and is nothing next to S >= 1).  NaN never comes here (NaN rows are
- * handled apart). */
-FL_INLINE float fl_exp_scaled_f32(float z, float m)
+ * handled apart).  *em1 gets expm1(z - m) 2^100 (~1 float ulp) where *near:
+ * the reduction's k is 0 (z - m >= -ln2/2 up to rounding), 2^k = 1 and
+ * expm1 is the polynomial itself; dead code for callers that ignore it. */
+FL_INLINE float fl_exp_scaled_m1_f32(float z, float m, float *em1, int *near)
 {
     const float shifter = 0x1.8p23f;  /* adding it rounds to an integer */
     float x = z - m;
@@ -278,8 +280,48 @@ FL_INLINE float fl_exp_scaled_f32(float z, float m)
     float sc;
     memcpy(&sc, &sb, 4);
     float e = (pm + 1.0f) * sc;
+    *em1 = pm * 0x1p100f;
+    *near = kf == 0.0f;
     return big ? e : 0.0f;
 }
+
+FL_INLINE float fl_exp_scaled_f32(float z, float m)
+{
+    float em1;
+    int near;
+    return fl_exp_scaled_m1_f32(z, m, &em1, &near);
+}
+
+/* ---- softmax_mse's near set (fl_softmax_kern.h): classes with z - m >=
+ * -ln2/2 keep E = expm1(z - m), whose digits 1 + E would round off.  The
+ * exp pass stores one tagged value per class: near classes |E| (sign bit
+ * clear, a tie +0), the rest -e (sign bit set, an underflowed e -0); both
+ * read back as -v.  The sign decides membership once per row, for every
+ * later pass. ---- */
+#define FL_HALF_LN2 0x1.62e42fefa39efp-2
+
+/* The tagged value of x = z - m <= 0 (not NaN): expm1 from the exp
+ * reduction, ~2 ulp for -1 <= x <= 0. */
+FL_INLINE double fl_exp_tag(double x)
+{
+    double em1;
+    double e = fl_exp_nonpos_m1(x, 0, &em1);
+    return x >= -FL_HALF_LN2 ? __builtin_fabs(em1) : -e;
+}
+
+/* The tagged value times 2^100 for float z <= m (float32 rows): near means
+ * the float reduction's k is 0 (z - m >= -ln2/2 up to rounding). */
+FL_INLINE float fl_exp_tag_f32(float z, float m)
+{
+    float em1;
+    int near;
+    float e = fl_exp_scaled_m1_f32(z, m, &em1, &near);
+    return near ? __builtin_fabsf(em1) : -e;
+}
+
+/* Whether a tagged value is a near class: the sign bit clear (one integer
+ * compare per vector) */
+FL_INLINE int fl_is_near(double v) { return (int64_t)fl_bits(v) >= 0; }
 
 /* Sum of float v[0..m) in double, fixed order: lane q of two 8-lane
  * accumulators takes j % 16 == q (resp. 8 + q), then a fixed tree (as
@@ -314,12 +356,16 @@ FL_INLINE double fl_sum_f32(const float *v, int64_t m)
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-/* softmax_mse row sums from tie-tagged exponentials v[0..n) (classes tied
- * with the max stored as +e, the rest as -e or -0): the tied count, and the
- * sums of e and e^2 over the rest, in double.  Fixed order: lane q of 16
- * takes j % 16 == q, then a fixed tree (as fl_sum_f32).  f32 (a constant
- * after inlining): v is float, else double.  Callers keep n small (a block)
- * and add block partials pairwise: e^2 sums of long rows stay accurate. */
+/* softmax_mse row sums from tagged values v[0..n) (see fl_exp_tag; e esc
+ * = esc - v on the near set N, -v elsewhere (F); E esc = -v on N), in
+ * double: s[0] = sum_N e, s[1] = sum_F e (times esc), s[2] = sum_N e E,
+ * s[3] = sum_F e^2 (times esc^2); with targets t (has_t) s[4] = sum_N w t,
+ * s[5] = sum_N w t E (times esc); with weights w (has_w) s[6] = sum_N w e
+ * (times esc), s[7] = sum_N w e E (times esc^2), where w = 1 without
+ * weights.  f32, has_w, has_t: constants after inlining; w, t and v are
+ * float when f32, else double.  Fixed order: lane q of 16 takes j % 16 ==
+ * q, then a fixed tree (as fl_sum_f32); below 16 entries, in order.  Callers keep n small (a block) and add
+ * block partials pairwise: sums of long rows stay accurate. */
 #if defined(__GNUC__)
 typedef int64_t fl_i8 __attribute__((vector_size(64)));
 /* 8 entries of v (float or double) as doubles; through a pointer, not a
@@ -335,49 +381,103 @@ FL_INLINE void fl_load8(fl_v8 *x, const void *v, int64_t j, int f32)
     }
 }
 #endif
-FL_INLINE void fl_tagged_sums(const void *v, int64_t n, int f32, double *tau, double *s, double *s2)
+FL_INLINE double fl_ld(const void *v, int64_t j, int f32)
 {
-    double a[16] = {0}, b[16] = {0};
-    int64_t cnt = 0;
+    return f32 ? (double)((const float *)v)[j] : ((const double *)v)[j];
+}
+/* one step of 8 entries at j into the 8 accumulators (see fl_near_sums) */
+#if defined(__GNUC__)
+FL_INLINE void fl_near_step(const void *v, const void *w, const void *t, int64_t j, int f32, double esc, int has_w,
+                            int has_t, fl_v8 *a)
+{
+    const fl_v8 ev = {esc, esc, esc, esc, esc, esc, esc, esc};
+    fl_v8 x, wv = {1, 1, 1, 1, 1, 1, 1, 1}, tv = {0};
+    fl_load8(&x, v, j, f32);
+    fl_i8 nr = (fl_i8)x >= 0;  /* -1 on near lanes: the sign bit clear */
+    /* masks of -x, not of x: gcc 12 ICEs on the bitwise AND of a
+     * converted float load in the AVX2 variant */
+    fl_v8 nx = -x;
+    fl_v8 En = (fl_v8)(nr & (fl_i8)nx), ef = (fl_v8)(~nr & (fl_i8)nx);  /* E esc on N, e esc off N */
+    fl_v8 en = (fl_v8)(nr & (fl_i8)ev) + En;                          /* e esc on N */
+    a[0] += en;
+    a[1] += ef;
+    a[2] += en * En;
+    a[3] += ef * ef;
+    if (has_w)
+        fl_load8(&wv, w, j, f32);
+    if (has_t) {
+        fl_load8(&tv, t, j, f32);
+        /* unweighted: a product with the 0/1 mask (the ICE above) */
+        fl_v8 wt = has_w ? (fl_v8)(nr & (fl_i8)(wv * tv)) : tv * (fl_v8)(nr & (fl_i8)(fl_v8){1, 1, 1, 1, 1, 1, 1, 1});
+        a[4] += wt;
+        a[5] += wt * En;
+    }
+    if (has_w) {
+        fl_v8 we = wv * en;
+        a[6] += we;
+        a[7] += we * En;
+    }
+}
+#endif
+FL_INLINE void fl_near_sums(const void *v, const void *w, const void *t, int64_t n, int f32, double esc, int has_w,
+                            int has_t, double s[8])
+{
+    if (n < 16) {  /* short rows: in order, no lanes to zero and fold */
+        for (int i = 0; i < 8; i++)
+            s[i] = 0.0;
+        for (int64_t j = 0; j < n; j++) {
+            double x = fl_ld(v, j, f32);
+            int nr = fl_is_near(x);
+            double e = nr ? esc - x : -x;
+            double en = nr ? e : 0.0, En = nr ? -x : 0.0;
+            double wk = has_w ? fl_ld(w, j, f32) : 1.0;
+            double wt = nr && has_t ? wk * fl_ld(t, j, f32) : 0.0;
+            s[0] += en;
+            s[1] += nr ? 0.0 : e;
+            s[2] += en * En;
+            s[3] += nr ? 0.0 : e * e;
+            s[4] += wt;
+            s[5] += wt * En;
+            s[6] += wk * en;
+            s[7] += (wk * en) * En;
+        }
+        return;
+    }
+    double a[8][16] = {{0}};
     int64_t j = 0;
 #if defined(__GNUC__)
-    fl_v8 a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0};
-    fl_i8 c0 = {0}, c1 = {0};
+    /* two sets of accumulators (lanes j % 16 < 8, >= 8): two add chains */
+    fl_v8 A[8] = {{0}}, B[8] = {{0}};
     for (; j + 16 <= n; j += 16) {
-        fl_v8 x0, x1;
-        fl_load8(&x0, v, j, f32);
-        fl_load8(&x1, v, j + 8, f32);
-        fl_i8 t0 = x0 > 0.0, t1 = x1 > 0.0;  /* -1 on tied lanes */
-        /* untied: -x >= 0; tied lanes masked to +0 (bitwise: no select needed) */
-        fl_v8 u0 = (fl_v8)(~t0 & (fl_i8)(-x0)), u1 = (fl_v8)(~t1 & (fl_i8)(-x1));
-        c0 -= t0;
-        c1 -= t1;
-        a0 += u0;
-        a1 += u1;
-        b0 += u0 * u0;
-        b1 += u1 * u1;
+        fl_near_step(v, w, t, j, f32, esc, has_w, has_t, A);
+        fl_near_step(v, w, t, j + 8, f32, esc, has_w, has_t, B);
     }
-    memcpy(a, &a0, sizeof a0);
-    memcpy(a + 8, &a1, sizeof a1);
-    memcpy(b, &b0, sizeof b0);
-    memcpy(b + 8, &b1, sizeof b1);
-    for (int q = 0; q < 8; q++)
-        cnt += c0[q] + c1[q];
+    for (int i = 0; i < 8; i++) {
+        memcpy(a[i], &A[i], sizeof A[i]);
+        memcpy(a[i] + 8, &B[i], sizeof B[i]);
+    }
 #endif
     for (; j < n; j++) {
-        double x = f32 ? (double)((const float *)v)[j] : ((const double *)v)[j];
-        double u = x > 0.0 ? 0.0 : -x;
-        cnt += x > 0.0;
-        a[j & 15] += u;
-        b[j & 15] += u * u;
+        double x = fl_ld(v, j, f32);
+        int nr = fl_is_near(x);
+        double e = nr ? esc - x : -x;
+        double en = nr ? e : 0.0, En = nr ? -x : 0.0;
+        double wk = has_w ? fl_ld(w, j, f32) : 1.0;
+        double wt = nr && has_t ? wk * fl_ld(t, j, f32) : 0.0;
+        a[0][j & 15] += en;
+        a[1][j & 15] += nr ? 0.0 : e;
+        a[2][j & 15] += en * En;
+        a[3][j & 15] += nr ? 0.0 : e * e;
+        a[4][j & 15] += wt;
+        a[5][j & 15] += wt * En;
+        a[6][j & 15] += wk * en;
+        a[7][j & 15] += (wk * en) * En;
     }
-    for (int q = 0; q < 8; q++) {
-        a[q] += a[q + 8];
-        b[q] += b[q + 8];
+    for (int i = 0; i < 8; i++) {
+        for (int q = 0; q < 8; q++)
+            a[i][q] += a[i][q + 8];
+        s[i] = ((a[i][0] + a[i][1]) + (a[i][2] + a[i][3])) + ((a[i][4] + a[i][5]) + (a[i][6] + a[i][7]));
     }
-    *tau = (double)cnt;
-    *s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    *s2 = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
 }
 
 /* log1p(u) for float u in [0, 1] (or NaN) in float arithmetic, ~1 ulp:

@@ -90,91 +90,111 @@ FL_INLINE double FL_V(fl_target_dot)(const T *restrict z, double m, const T *res
     return fl_pairwise_inplace(sb, C);
 }
 
-/* ---- softmax_mse rows.  With u = w (p - t), dl/dz_j = 2 p_j (u_j -
- * sum_k p_k u_k); the bracket cancels to noise when most mass sits on
- * classes tied with the max ([-40, 0, 0, 0]).  Split off T = {k: z_k == m}
- * (e = 1, p = p_max), tau = |T|, and use sum p = 1:
- *   u_j - sum p u = p_max (tau u_j - U_T) + (Q u_j - V),
- * Q = sum_{not T} p, V = sum_{not T} p u (reference.py; fl_smse_g). ---- */
+/* ---- softmax_mse rows.  With u = w (p - t), dl/dz_j = 2 p_j G_j, G_j =
+ * sum_k p_k (u_j - u_k) (sum p = 1).  Summing then subtracting cancels to
+ * noise where u_j ~ u_k for a heavy class k at or near the max ([-40, 0,
+ * 0, 0]; [-6, 0, 2^-6]: p_1 - p_2 cancels 64x).  So the near set N (z - m
+ * >= -ln2/2, decided once per class by the exp pass) keeps E = expm1(z -
+ * m), p = p_max (1 + E) there: p_j - p_k = p_max (E_j - E_k) keeps its
+ * digits and the 1s cancel exactly in the row sums (reference.py;
+ * fl_smse_g in fl_softmax.c). ---- */
 
-/* p of a stored (tagged) e: float32 rows one product (e 2^100 rs; the extra
- * rounding is far below float32's), float64 rows a division */
-#define FL_PX(x, K) (sizeof(T) == 4 ? __builtin_fabs(x) * (K).rs : __builtin_fabs(x) / (K).S)
+/* e esc of a tagged value x (fl_exp_tag): esc - x on N (e = 1 + E, E = -x
+ * / esc), -x elsewhere.  The esc by a bit mask, not a select: gcc moved the
+ * float64 division p = e / S into both arms of a select (two divisions). */
+#define FL_EV(x, nr) (fl_from_bits(fl_bits(FL_ESC) & ((uint64_t)0 - (uint64_t)(nr))) - (x))
 
-/* e = exp(z - m) into eb, tagged by sign: tied classes (z == m: e exactly
- * 1) +e, the rest -e (an untied e may round to 1, so the tie must survive
- * in the sign).  float32 rows: e 2^100 in float arithmetic (16 lanes; the
- * 2^100 keeps e normal).  A +inf row takes the limit: e = 1 on its +inf
- * entries, 0 elsewhere. */
+/* Tagged values into eb: near classes |E|, the rest -e (fl_exp_tag).
+ * float32 rows: in float arithmetic times 2^100 (16 lanes; the 2^100 keeps
+ * e normal).  A +inf row takes the limit: its +inf entries near with E =
+ * 0, the rest e = 0. */
 FL_INLINE void FL_V(fl_smse_exp)(const T *restrict z, double m, int64_t C, FL_EBT *restrict eb)
 {
     if (m == __builtin_inf()) {
         for (int64_t k = 0; k < C; k++)
-            eb[k] = z[k] == (T)m ? (FL_EBT)FL_ESC : -(FL_EBT)0.0;
+            eb[k] = z[k] == (T)m ? (FL_EBT)0.0 : -(FL_EBT)0.0;
     } else if (sizeof(T) == 4) {
         const float m32 = (float)m;  /* m is a float value: exact */
-        for (int64_t k = 0; k < C; k++) {
-            float e = fl_exp_scaled_f32((float)z[k], m32);
-            eb[k] = (float)z[k] == m32 ? e : -e;
-        }
+        for (int64_t k = 0; k < C; k++)
+            eb[k] = fl_exp_tag_f32((float)z[k], m32);
     } else {
-        for (int64_t k = 0; k < C; k++) {
-            double e = fl_exp_nonpos((double)z[k] - m, 0);  /* z - m <= 0, exact near the max */
-            eb[k] = (double)z[k] == m ? e : -e;
-        }
+        for (int64_t k = 0; k < C; k++)
+            eb[k] = fl_exp_tag((double)z[k] - m);  /* z - m <= 0, exact near the max */
     }
 }
 
 /* Loss (and gradient) of a weighted or probability-target row from the
- * tagged e; has_p, has_w are constants after inlining (no per-entry
- * branches).  Per block of 64 classes the terms go to small arrays (a
- * vector loop: a running sum would keep it scalar) summed by fl_sum; the
- * l and V block partials (lb, vb) are added pairwise: V cancels in u_j -
- * sum p u, and one running l over a long row drifts by tens of ulp. */
+ * tagged values, the row constants in K (the sums of fl_near_sums: A, WT,
+ * BT, W, B already there); has_p, has_w are constants after inlining (no
+ * per-entry branches).  The loss and VF terms go by blocks of 64 classes
+ * to small arrays (a vector loop: a running sum would keep it scalar)
+ * summed by fl_sum, the block partials (pb) added pairwise: VF cancels in
+ * G_j, and one running loss over a long row drifts by tens of ulp. */
 FL_INLINE void FL_V(fl_smse_general)(const FL_EBT *restrict e, T *restrict g, const T *restrict pr,
-                                     const T *restrict w, int64_t y, int64_t C, fl_smse_k *K, double *restrict lb,
-                                     double *restrict vb, double *lossp, int has_p, int has_w)
+                                     const T *restrict w, int64_t y, int64_t C, fl_smse_k *K, double *restrict pb,
+                                     double *lossp, int has_p, int has_w)
 {
-    double W_T = 0.0, WT_T = 0.0;
-    double lt[64], vt[64], wt[64], wtt[64];
+    const int f32 = sizeof(T) == 4;
+    double *restrict lb = pb, *restrict vb = pb + (C + 63) / 64;
+    double lt[64], vt[64];
     int64_t nblk = 0;
     for (int64_t k0 = 0; k0 < C; k0 += 64) {
         int64_t n = C - k0 > 64 ? 64 : C - k0;
         for (int64_t j = 0; j < n; j++) {
             int64_t k = k0 + j;
             double x = (double)e[k];
-            int tied = x > 0.0;
-            double p = FL_PX(x, *K);
+            int nr = fl_is_near(x);
+            double p = fl_smse_p(FL_EV(x, nr), K, f32);
             double t = has_p ? (double)pr[k] : (k == y ? 1.0 : 0.0);
             double wk = has_w ? (double)w[k] : 1.0;
-            double d = fl_smse_d(tied, p, t, K);
+            double d = fl_smse_d(nr, p, -x * (1.0 / FL_ESC), t, K);
             double u = wk * d;
             lt[j] = u * d;
-            vt[j] = tied ? 0.0 : p * u;
-            wt[j] = tied ? wk : 0.0;
-            wtt[j] = tied ? wk * t : 0.0;
+            vt[j] = nr ? 0.0 : p * u;
         }
         lb[nblk] = fl_sum(lt, n);
         vb[nblk++] = fl_sum(vt, n);
-        W_T += fl_sum(wt, n);
-        WT_T += fl_sum(wtt, n);
     }
     *lossp = fl_pairwise_inplace(lb, nblk);
     if (g == NULL)
         return;
-    K->V = fl_pairwise_inplace(vb, nblk);
-    K->W_T = W_T;
-    K->WT_T = WT_T;
-    /* U_T = p_max W_T - WT_T cancels when a tied class is the label; with
-     * tau p_max = 1 - Q it is (W_T/tau - WT_T) - Q W_T/tau */
-    double w_bar = W_T / K->tau;
-    K->U_T = (w_bar - WT_T) - K->Q * w_bar;
+    K->VF = fl_pairwise_inplace(vb, nblk);
+    fl_smse_vn(K, has_w);
+    /* labels: every entry as if t = 0 (a select on k == y kept the loop
+     * scalar), the label after */
     for (int64_t k = 0; k < C; k++) {
         double x = (double)e[k];
-        double t = has_p ? (double)pr[k] : (k == y ? 1.0 : 0.0);
+        int nr = fl_is_near(x);
+        double t = has_p ? (double)pr[k] : 0.0;
         double wk = has_w ? (double)w[k] : 1.0;
-        g[k] = (T)fl_smse_g(x > 0.0, FL_PX(x, *K), t, wk, K);
+        g[k] = (T)fl_smse_g(nr, fl_smse_p(FL_EV(x, nr), K, f32), -x * (1.0 / FL_ESC), t, wk, K, has_w);
     }
+    if (!has_p) {
+        double x = (double)e[y];
+        int nr = fl_is_near(x);
+        double wk = has_w ? (double)w[y] : 1.0;
+        g[y] = (T)fl_smse_g(nr, fl_smse_p(FL_EV(x, nr), K, f32), -x * (1.0 / FL_ESC), 1.0, wk, K, has_w);
+    }
+}
+
+/* The row sums (fl_near_sums) by blocks of FL_TS_BLOCK into s, partials
+ * added pairwise through pa (after the value buffer, which float rows
+ * fill only half of); has_w, has_t: constants after inlining. */
+FL_INLINE void FL_V(fl_smse_sums)(const FL_EBT *restrict e, const T *restrict w, const T *restrict pr, int64_t C,
+                                  double *restrict pa, double *s, int has_w, int has_t)
+{
+    const int ns = has_w || has_t ? 8 : 4;
+    int64_t nblk = (C + FL_TS_BLOCK - 1) / FL_TS_BLOCK;
+    for (int64_t b = 0; b < nblk; b++) {
+        int64_t k0 = b * FL_TS_BLOCK, n = C - k0 < FL_TS_BLOCK ? C - k0 : FL_TS_BLOCK;
+        double sb[8];
+        fl_near_sums(e + k0, has_w ? w + k0 : NULL, has_t ? pr + k0 : NULL, n, sizeof(T) == 4, FL_ESC, has_w, has_t,
+                     sb);
+        for (int i = 0; i < ns; i++)
+            pa[i * nblk + b] = sb[i];
+    }
+    for (int i = 0; i < ns; i++)
+        s[i] = fl_pairwise_inplace(pa + i * nblk, nblk);
 }
 
 /* softmax_mse of a valid row (no NaN, max m > -inf) into *lossp and g
@@ -183,76 +203,57 @@ static FL_ATTR void FL_V(fl_smse_row)(const fl_sm_ctx *c, const T *restrict z, T
                                       const T *restrict w, int64_t y, double m, double *eb, double *lossp)
 {
     const int64_t C = c->C;
+    const int f32 = sizeof(T) == 4;
     FL_EBT *restrict e = (FL_EBT *)eb;
     FL_V(fl_smse_exp)(z, m, C, e);
-    /* tau, and the sums of e and e^2 off T: blocks, partials added pairwise
-     * (after the float buffer, which takes at most C / 2 doubles) */
-    int64_t nblk = (C + FL_TS_BLOCK - 1) / FL_TS_BLOCK;
-    double *pa = eb + C, *pb = pa + nblk;
-    double tau = 0.0;
-    for (int64_t b = 0; b < nblk; b++) {
-        int64_t k0 = b * FL_TS_BLOCK, n = C - k0 < FL_TS_BLOCK ? C - k0 : FL_TS_BLOCK;
-        double tb;
-        fl_tagged_sums(e + k0, n, sizeof(T) == 4, &tb, &pa[b], &pb[b]);
-        tau += tb;  /* exact: integer counts */
-    }
-    /* float32 rows: e 2^100, e^2 2^200 (<= 2^200: no overflow); the rescale is exact */
-    double e_rest = fl_pairwise_inplace(pa, nblk) * (1.0 / FL_ESC);
-    double e2_rest = fl_pairwise_inplace(pb, nblk) * (1.0 / (FL_ESC * FL_ESC));
+    double s[8];
     fl_smse_k K;
-    K.tau = tau;
-    K.S = tau + e_rest;  /* sum e with e = 1 on T: one rounding, no sum over T */
-    K.pm = 1.0 / K.S;
-    K.rs = (1.0 / FL_ESC) / K.S;
-    K.Q = e_rest / K.S;  /* 1 - tau p_max, never formed as a difference */
-    K.one = tau == 1.0;
-    K.sc = c->scale;
-    if (pr != NULL || w != NULL) {
-        double *lb = eb + C, *vb = lb + (C + 63) / 64;  /* the pa/pb partials are spent */
-        if (pr == NULL)
-            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, lb, vb, lossp, 0, 1);
-        else if (w == NULL)
-            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, lb, vb, lossp, 1, 0);
-        else
-            FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, lb, vb, lossp, 1, 1);
+    if (pr == NULL && w == NULL) {
+        /* plain (w = 1, one-hot t): loss, VF and VN from the sums, no loss loop */
+        FL_V(fl_smse_sums)(e, w, pr, C, eb + C, s, 0, 0);
+        fl_smse_consts(&K, s, FL_ESC, c->scale);
+        double gy;
+        *lossp = fl_smse_plain(&K, s, (double)e[y], FL_ESC, f32, &gy);
+        if (g == NULL)
+            return;
+        /* every entry as if t = 0, the label after */
+        T *restrict gr = g;  /* the loop reads only e */
+        for (int64_t k = 0; k < C; k++) {
+            double x = (double)e[k];
+            int nr = fl_is_near(x);
+            gr[k] = (T)fl_smse_g(nr, fl_smse_p(FL_EV(x, nr), &K, f32), -x * (1.0 / FL_ESC), 0.0, 1.0, &K, 0);
+        }
+        gr[y] = (T)gy;
         return;
     }
-    /* plain (w = 1, one-hot t): no loss loop.  With P2 = sum_{not T} p^2
-     * (e^2_rest / S^2):  V = P2 - [y not in T] p_y and
-     * l = P2 + [y not in T] (1 - 2 p_y) + the d^2 of T's classes */
-    double xy = (double)e[y];
-    int yt = xy > 0.0;
-    double py = FL_PX(xy, K);
-    double P2 = e2_rest / (K.S * K.S);
-    double WT_T = yt ? 1.0 : 0.0;
-    double l;
-    if (yt) {
-        K.V = P2;
-        l = P2;
-    } else {
-        K.V = P2 - py;
-        l = P2 + (1.0 - 2.0 * py);  /* = P2 - p_y^2 + (p_y - 1)^2; p_y <= 1/2: no cancellation */
+    /* the sums of w t, w t E, w e, w e E over N need no S: with the others */
+    if (pr == NULL)
+        FL_V(fl_smse_sums)(e, w, pr, C, eb + C, s, 1, 0);
+    else if (w == NULL)
+        FL_V(fl_smse_sums)(e, w, pr, C, eb + C, s, 0, 1);
+    else
+        FL_V(fl_smse_sums)(e, w, pr, C, eb + C, s, 1, 1);
+    fl_smse_consts(&K, s, FL_ESC, c->scale);
+    if (pr == NULL) {  /* one-hot t: sum_N w t, w t E are y's own */
+        double xy = (double)e[y];
+        int yn = fl_is_near(xy);
+        s[4] = yn ? (double)w[y] : 0.0;
+        s[5] = yn ? (double)w[y] * -xy : 0.0;
     }
-    if (K.one) {
-        double dt = (1.0 - WT_T) - K.Q;
-        l += dt * dt;
-    } else {  /* d = p_max - t on T */
-        l += (tau - WT_T) * (K.pm * K.pm) + WT_T * ((K.pm - 1.0) * (K.pm - 1.0));
+    K.WT = s[4];
+    K.BT = s[5] * (1.0 / FL_ESC);  /* the esc scalings are exact */
+    K.A = K.WT + K.BT;             /* sum_N w t e, |BT| <= 0.35 WT */
+    if (w != NULL) {
+        K.W = s[6] * (1.0 / FL_ESC);
+        K.B = s[7] * (1.0 / (FL_ESC * FL_ESC));
     }
-    *lossp = l;
-    if (g == NULL)
-        return;
-    K.W_T = tau;
-    K.WT_T = WT_T;
-    K.U_T = (1.0 - WT_T) - K.Q;  /* (W_T/tau - WT_T) - Q W_T/tau with W_T/tau = 1 */
-    /* every entry as if t = 0 (T's entries are one value), the label after */
-    T *restrict gr = g;  /* the loop reads only e */
-    const T gT = (T)fl_smse_g(1, K.pm, 0.0, 1.0, &K);
-    for (int64_t k = 0; k < C; k++) {
-        double x = (double)e[k];
-        gr[k] = x > 0.0 ? gT : (T)fl_smse_g(0, FL_PX(x, K), 0.0, 1.0, &K);
-    }
-    gr[y] = (T)fl_smse_g(yt, py, 1.0, 1.0, &K);
+    /* the pa partials are spent */
+    if (pr == NULL)
+        FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, eb + C, lossp, 0, 1);
+    else if (w == NULL)
+        FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, eb + C, lossp, 1, 0);
+    else
+        FL_V(fl_smse_general)(e, g, pr, w, y, C, &K, eb + C, lossp, 1, 1);
 }
 
 /* Row r, with the work buffer eb (fl_row_buf_len doubles, NULL when out of
@@ -519,15 +520,18 @@ FL_INLINE int FL_V(fl_small_front)(const fl_sm_ctx *c, int64_t r0, int nb, T *re
 /* e = exp(z - m) over the block, in place.  float32 blocks: e 2^100 in
  * float arithmetic (fl_exp_scaled_f32, twice the lanes of the double exp;
  * as the float32 long rows), float64: the double exp.  tag (softmax_mse):
- * tied classes (z == m, e = 1) stored as +e, the rest as -e. */
+ * the tagged values of fl_exp_tag instead (near classes |E|, the rest -e). */
 FL_INLINE void FL_V(fl_small_exp)(T *restrict E, const T *restrict mz, int64_t C, int nb, int tag)
 {
     for (int64_t k = 0; k < C; k++)
         for (int i = 0; i < nb; i++) {
             T v = E[k * FL_RB + i];
-            T e = sizeof(T) == 4 ? (T)fl_exp_scaled_f32((float)v, (float)mz[i])
-                                 : (T)fl_exp_nonpos((double)v - (double)mz[i], 0);
-            E[k * FL_RB + i] = tag && v != mz[i] ? -e : e;
+            T e;
+            if (sizeof(T) == 4)
+                e = (T)(tag ? fl_exp_tag_f32((float)v, (float)mz[i]) : fl_exp_scaled_f32((float)v, (float)mz[i]));
+            else
+                e = (T)(tag ? fl_exp_tag((double)v - (double)mz[i]) : fl_exp_nonpos((double)v - (double)mz[i], 0));
+            E[k * FL_RB + i] = e;
         }
 }
 
@@ -595,7 +599,7 @@ FL_INLINE void FL_V(fl_ce_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T
             gb[i * C + yb[i]] = (T)gy[i];
 }
 /* Plain softmax_mse of a block after fl_small_front: fl_smse_row's plain
- * formulas (w = 1: W_T = tau, WT_T = [the label is tied]) across rows, so
+ * formulas across rows (the four row sums, then fl_smse_plain per row), so
  * there is no loss pass (numba's _smse_small_block).  F: FL_SF_N rows of
  * FL_RB doubles. */
 FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb, T *restrict E,
@@ -605,76 +609,66 @@ FL_INLINE void FL_V(fl_smse_small_block)(const fl_sm_ctx *c, int64_t r0, int nb,
 {
     const int64_t C = c->C;
     const double sc = c->scale;
-    const double esc = sizeof(T) == 4 ? 0x1p-100 : 1.0;  /* float32 e carries 2^100 */
-    double *restrict tau = F + FL_SF_TAU * FL_RB, *restrict er = F + FL_SF_EREST * FL_RB;
-    double *restrict e2 = F + FL_SF_E2 * FL_RB, *restrict S = F + FL_SF_S * FL_RB;
-    double *restrict rs = F + FL_SF_RS * FL_RB, *restrict Q = F + FL_SF_Q * FL_RB;
-    double *restrict pm = F + FL_SF_PM * FL_RB, *restrict V = F + FL_SF_V * FL_RB;
-    double *restrict ut = F + FL_SF_UT * FL_RB, *restrict gt = F + FL_SF_GT * FL_RB;
-    double *restrict gy = F + FL_SF_GY * FL_RB;
+    const int f32 = sizeof(T) == 4;
+    double *restrict s0 = F + FL_SF_SN * FL_RB, *restrict eF = F + FL_SF_EF * FL_RB;
+    double *restrict sEe = F + FL_SF_SEE * FL_RB, *restrict e2F = F + FL_SF_E2F * FL_RB;
+    double *restrict S = F + FL_SF_S * FL_RB, *restrict rs = F + FL_SF_RS * FL_RB;
+    double *restrict Q = F + FL_SF_Q * FL_RB, *restrict pm = F + FL_SF_PM * FL_RB;
+    double *restrict sN = F + FL_SF_SNN * FL_RB, *restrict B = F + FL_SF_B * FL_RB;
+    double *restrict A = F + FL_SF_A * FL_RB, *restrict VF = F + FL_SF_VF * FL_RB;
+    double *restrict VNF = F + FL_SF_VNF * FL_RB, *restrict gy = F + FL_SF_GY * FL_RB;
     FL_V(fl_small_exp)(E, mz, C, nb, 1);
-    /* tau = |T| (exact counts), the sums of e and e^2 off T */
+    /* the sums of fl_near_sums, per row */
     for (int i = 0; i < nb; i++) {
-        tau[i] = 0.0;
-        er[i] = 0.0;
-        e2[i] = 0.0;
+        s0[i] = 0.0;
+        eF[i] = 0.0;
+        sEe[i] = 0.0;
+        e2F[i] = 0.0;
     }
     for (int64_t k = 0; k < C; k++)
         for (int i = 0; i < nb; i++) {
-            double v = (double)E[k * FL_RB + i];
-            int tied = v > 0.0;
-            tau[i] += tied ? 1.0 : 0.0;
-            er[i] += tied ? 0.0 : -v;
-            e2[i] += tied ? 0.0 : v * v;  /* float32: e^2 2^200, no overflow */
+            double x = (double)E[k * FL_RB + i];
+            uint64_t nm = (uint64_t)0 - (uint64_t)fl_is_near(x);  /* bit masks, not selects: */
+            double ev = fl_from_bits(fl_bits(FL_ESC) & nm) - x;  /* no blends of the sums */
+            double en = fl_from_bits(fl_bits(ev) & nm), ef = fl_from_bits(fl_bits(ev) & ~nm);
+            s0[i] += en;  /* float32: e 2^100, e^2 2^200 (no overflow) */
+            eF[i] += ef;
+            sEe[i] -= en * x;
+            e2F[i] += ef * ef;
         }
-    /* per row: loss, V and U_T from the sums; T's gradient entry (t = 0)
-     * and the label's, read from the unrounded e */
+    /* per row: the constants, the loss and the label's gradient entry (from
+     * the unrounded tagged value) */
     for (int i = 0; i < nb; i++) {
+        double s[4] = {s0[i], eF[i], sEe[i], e2F[i]};
         fl_smse_k K;
-        double e_rest = er[i] * esc;  /* exact: a power of 2 */
-        K.tau = tau[i];
-        K.S = tau[i] + e_rest;  /* sum e, e = 1 on T: one rounding */
-        K.pm = 1.0 / K.S;
-        K.rs = esc / K.S;       /* float32: p = e 2^100 rs, one product */
-        K.Q = e_rest / K.S;     /* 1 - tau p_max, never a difference */
-        K.one = tau[i] == 1.0;
-        K.sc = sc;
+        fl_smse_consts(&K, s, FL_ESC, sc);
         FL_IT y = yb[i] < 0 ? 0 : yb[i];  /* flagged rows: any in-range index */
-        double xy = (double)E[y * FL_RB + i];
-        int yt = xy > 0.0;
-        double py = FL_PX(xy, K);
-        double P2 = e2[i] * (esc * esc) / (K.S * K.S);  /* sum_{not T} p^2 */
-        double WT_T = yt ? 1.0 : 0.0;
-        /* V = P2 - [y not in T] p_y; l = P2 + [y not in T] (1 - 2 p_y) + T's
-         * d^2 (as fl_smse_row) */
-        K.V = yt ? P2 : P2 - py;
-        double l = yt ? P2 : P2 + (1.0 - 2.0 * py);
-        double dt = (1.0 - WT_T) - K.Q;  /* a lone max: exact when p_max rounds to 1 */
-        l += K.one ? dt * dt : (K.tau - WT_T) * (K.pm * K.pm) + WT_T * ((K.pm - 1.0) * (K.pm - 1.0));
-        c->loss[r0 + i] = l;
-        K.W_T = K.tau;
-        K.WT_T = WT_T;
-        K.U_T = (1.0 - WT_T) - K.Q;  /* (W_T/tau - WT_T) - Q W_T/tau, W_T/tau = 1 */
+        double g_y;
+        c->loss[r0 + i] = fl_smse_plain(&K, s, (double)E[y * FL_RB + i], FL_ESC, f32, &g_y);
         S[i] = K.S;
         rs[i] = K.rs;
         Q[i] = K.Q;
         pm[i] = K.pm;
-        V[i] = K.V;
-        ut[i] = K.U_T;
-        gt[i] = fl_smse_g(1, K.pm, 0.0, 1.0, &K);
-        gy[i] = fl_smse_g(yt, py, 1.0, 1.0, &K);
+        sN[i] = K.sN;
+        B[i] = K.B;
+        A[i] = K.A;
+        VF[i] = K.VF;
+        VNF[i] = K.VN + K.VF;
+        gy[i] = g_y;
     }
     if (c->g == NULL)
         return;
-    /* every entry as if t = 0 (T's entries are one value per row), rounded
-     * to T; the labels after the store */
+    /* every entry as if t = 0 (fl_smse_g with t = 0, w = 1), rounded to T;
+     * the labels after the store */
     for (int64_t k = 0; k < C; k++)
         for (int i = 0; i < nb; i++) {
             double x = (double)E[k * FL_RB + i];
-            double p = sizeof(T) == 4 ? __builtin_fabs(x) * rs[i] : __builtin_fabs(x) / S[i];
-            /* fl_smse_g off T with t = 0, w = 1 */
-            double G = pm[i] * (tau[i] * p - ut[i]) + (Q[i] * p - V[i]);
-            E[k * FL_RB + i] = (T)(x > 0.0 ? gt[i] : (2.0 * p * G) * sc);
+            int nr = fl_is_near(x);
+            double ev = FL_EV(x, nr);
+            double p = f32 ? ev * rs[i] : ev / S[i];
+            double Gn = pm[i] * (pm[i] * ((-x * (1.0 / FL_ESC)) * sN[i] - B[i]) + A[i]) + (Q[i] * p - VF[i]);
+            double Gf = p - VNF[i];
+            E[k * FL_RB + i] = (T)((2.0 * p * (nr ? Gn : Gf)) * sc);
         }
     FL_V(fl_small_store)(c, r0, nb, E, special, ns);
     T *gb = (T *)c->g + r0 * C;
