@@ -1,15 +1,16 @@
-"""C backend softmax_mse rows (fl_smse_row): the tie-tagged exp pass (float32
-rows in float arithmetic, e 2^100), the sums of e and e^2 off the tied set,
-the plain call (labels, no weights: loss and V from those sums, no loss
-loop; the label's gradient entry fixed after a t = 0 loop) and the loops
-specialised on weights / probability targets.
+"""C backend softmax_mse rows (fl_smse_row): the exp pass tagging the near
+set N (z - m >= -ln2/2, storing E = expm1(z - m) there; float32 rows in float
+arithmetic), the row sums over N and off it, the plain call (labels, no
+weights: loss and V_F from those sums, no loss loop; the label's gradient
+entry fixed after a t = 0 loop) and the loops specialised on weights /
+probability targets.
 
 Held to the reference with the tolerances of test_c_kernels.py, and to the
 same bits in place, without a gradient and for any thread count.  The rows
 are built from the cases the formulas single out: ties at the max with the
 label among them or not, a lone max whose p rounds to 1 (label there or
 not), all classes tied, +-inf, huge and masked logits, rows longer than one
-1024-entry block of the row sums.
+1024-entry block of the row sums, and a class 1e-30 below the max (not tied).
 """
 import numpy as np
 import pytest
