@@ -210,6 +210,25 @@ def exp_em1_f32(x):
 
 
 @jit_fma
+def exp_em1_scaled_f32(x):
+    """``(exp(x) * 2**100, expm1(x))`` in float32 arithmetic for float32 ``x <= 0``.
+
+    The first is :func:`exp_scaled_f32`.  The second is the reduced series
+    ``expm1(r)`` itself, < 1 float32 ulp, so it is ``expm1(x)`` only where
+    the reduction leaves ``r = x`` (k = 0: ``x >= -0.3465``, inside -ln2/2);
+    softmax_mse's near-max classes need exactly that range.
+    """
+    big = x >= -150.0  # NaN never reaches here (NaN rows are handled apart)
+    x = x if big else np.float32(-150.0)
+    kf = (x * _F32_LOG2E + _F32_ROUND) - _F32_ROUND
+    r = (x - kf * _F32_LN2_HI) - kf * _F32_LN2_LO  # |r| <= 0.347
+    pm = _em1_tail_f32(r) + r  # expm1(r)
+    sc = np.int32((np.int32(kf) + 227) << 23).view(np.float32)  # 2**(k + 100), k >= -217
+    e = (pm + _F1) * sc
+    return (e if big else np.float32(0.0)), pm
+
+
+@jit_fma
 def exp_scaled_f32(x):
     """``exp(x) * 2**100`` in float32 arithmetic for float32 ``x <= 0`` (softmax rows), ~1 ulp.
 
@@ -219,14 +238,7 @@ def exp_scaled_f32(x):
     its rounding moves e by at most |x| 2**-24, within the contract's
     condition number (kappa >= ~|z - m| for softmax probabilities).
     """
-    big = x >= -150.0  # NaN never reaches here (NaN rows are handled apart)
-    x = x if big else np.float32(-150.0)
-    kf = (x * _F32_LOG2E + _F32_ROUND) - _F32_ROUND
-    r = (x - kf * _F32_LN2_HI) - kf * _F32_LN2_LO  # |r| <= 0.347
-    pm = _em1_tail_f32(r) + r  # expm1(r)
-    sc = np.int32((np.int32(kf) + 227) << 23).view(np.float32)  # 2**(k + 100), k >= -217
-    e = (pm + _F1) * sc
-    return e if big else np.float32(0.0)
+    return exp_em1_scaled_f32(x)[0]
 
 
 @jit_fma

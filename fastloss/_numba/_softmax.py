@@ -8,6 +8,8 @@ no aliasing check, LLVM takes the same vectorised loop (the same summation
 order) in place or not: results are bitwise identical either way.  The exp
 pass stores ``exp(z - m)`` while it accumulates ``S'`` (the exp-sum without
 the first argmax) and the loss terms; the last pass rescales in place.
+softmax_mse stores ``expm1(z - m)`` instead for the classes near the max
+(sign-tagged), whose probability differences need it (:func:`_smse_tail_impl`).
 Formulas mirror :func:`fastloss.reference.softmax_rows`.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_inline, kernel, parallel_kernel
-from ._math import _LN2_HI, _LN2_LO, add_reassoc, exp, exp_scaled_f32, is_f32, mul0, tree_sum
+from ._math import _LN2_HI, _LN2_LO, add_reassoc, exp, exp_em1, exp_em1_scaled_f32, exp_scaled_f32, is_f32, mul0, tree_sum
 
 CE, SMSE = 0, 1
 _NAN = np.nan
@@ -28,6 +30,10 @@ _KMIN = np.int64(-(2 ** 63))
 _MASK32 = np.int64(0x7FFFFFFF)
 _MASK64 = np.int64(0x7FFFFFFFFFFFFFFF)
 _SHORT = 64  # rows shorter than this take the scalar max pass (same result)
+# softmax_mse's near set N: z - m >= _NEAR, just inside -ln2/2 so that the
+# exp reduction keeps r = z - m there (k = 0) and its series is expm1(z - m)
+_NEAR = -0.3465
+_NEAR32 = np.float32(_NEAR)  # float32 rows compare in float32 (16 lanes)
 # Per-row helpers taking arrays are inlined at numba-IR level: a real call
 # increments and decrements every array's refcount (atomics, ~40 ns a call),
 # which dominated rows of 10 classes.
@@ -168,42 +174,48 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     s1 = 0.0  # S' = sum of e over all but the argmax: S = 1 + S'
     a_rest = 0.0  # A' = sum of weighted targets a_k over all but the argmax
     T = 0.0  # sum of a_k (z_k - m), with 0 * -inf := 0
-    tau = 0.0  # softmax_mse: classes tied with the max (z == m, e == 1)
-    e_rest = 0.0  # softmax_mse: sum of e over the classes not tied
-    e2_rest = 0.0  # softmax_mse: sum of e^2 over the classes not tied
+    # softmax_mse: the near set N = {z - m >= _NEAR} stores E = expm1(z - m)
+    # (sign bit set, ties -0.0), the far classes e (>= +0): see _smse_tail_impl
+    n_near = 0.0  # |N|
+    SE = 0.0  # sum of E over N
+    SE2 = 0.0  # sum of E^2 over N
+    SF = 0.0  # sum of e over F
+    SF2 = 0.0  # sum of e^2 over F
     sums = use_p or eps != 0.0
     f32 = is_f32(zr)  # constant: shorter exp series for float32 rows
     if op == SMSE and f32 and not inf_row:
-        # float32 rows: exp in float32 (16 lanes), the sums in float64 in a
-        # second pass (see the CE branch below); ties tagged as there
+        # float32 rows: exp and expm1 in float32 (16 lanes), the sums in
+        # float64 in a second pass (see the CE branch below)
         m32 = np.float32(m)
         for k in range(C):
             x = np.float32(wr[k]) - m32
-            e = exp_scaled_f32(x)
-            wr[k] = e if x == 0.0 else -e
+            e, em1 = exp_em1_scaled_f32(x)
+            wr[k] = -abs(em1) if x >= _NEAR32 else e
         for k in range(C):
             v = np.float64(wr[k])
-            tied = v > 0.0
-            tau = add_reassoc(tau, 1.0 if tied else 0.0)  # exact: integer counts
-            e_rest = add_reassoc(e_rest, 0.0 if tied else -v)
-            e2_rest = add_reassoc(e2_rest, 0.0 if tied else v * v)  # e 2**100: v^2 <= 2**200
-        e_rest *= 1.0 / esc  # exact: a power of 2
-        e2_rest *= 1.0 / (esc * esc)
-        # tied classes have e = 1 exactly (z - m = 0): S' (all but the
-        # argmax) is e_rest + (tau - 1), one rounding, no third sum
-        s1 = e_rest + (tau - 1.0)
+            near = _tag(v)
+            n_near = add_reassoc(n_near, 1.0 if near else 0.0)  # exact: integer counts
+            SE = add_reassoc(SE, v if near else 0.0)
+            SE2 = add_reassoc(SE2, v * v if near else 0.0)
+            SF = add_reassoc(SF, 0.0 if near else v)
+            SF2 = add_reassoc(SF2, 0.0 if near else v * v)  # e 2**100: v^2 <= 2**200
+        SF *= 1.0 / esc  # exact: a power of 2
+        SF2 *= 1.0 / (esc * esc)
+        # near e = 1 + E: S' (all but the argmax, E = 0 there) is
+        # SF + (|N| - 1) + SE, the last two >= 0.7 (|N| - 1) together
+        s1 = SF + ((n_near - 1.0) + SE)
     elif op == SMSE:  # separate loops: op is a runtime value, branches inside stop vectorising
         for k in range(C):
             sh = _shift(np.float64(wr[k]), m, inf_row)
-            e = exp(sh, f32)
-            # tied classes stored +e, the rest -e: the tie survives the
-            # overwrite (an untied e may round to 1)
-            tied = sh == 0.0
-            wr[k] = (e if tied else -e) * esc
-            tau = add_reassoc(tau, 1.0 if tied else 0.0)  # exact: integer counts
-            e_rest = add_reassoc(e_rest, 0.0 if tied else e)
-            e2_rest = add_reassoc(e2_rest, 0.0 if tied else e * e)
-        s1 = e_rest + (tau - 1.0)  # tied e = 1 exactly: S' without a third sum
+            e, em1 = exp_em1(sh, f32)
+            near = sh >= _NEAR
+            wr[k] = -abs(em1) if near else e * esc  # float32 rows: +inf rows only (e = 0 or near)
+            n_near = add_reassoc(n_near, 1.0 if near else 0.0)
+            SE = add_reassoc(SE, em1 if near else 0.0)
+            SE2 = add_reassoc(SE2, em1 * em1 if near else 0.0)
+            SF = add_reassoc(SF, 0.0 if near else e)
+            SF2 = add_reassoc(SF2, 0.0 if near else e * e)
+        s1 = SF + ((n_near - 1.0) + SE)
     elif not sums and f32 and not inf_row:
         # float32 labels: exp in float32 (16 lanes, not 4), then S' summed in
         # float64 in a second, cheap pass.  z - m is a float32 difference
@@ -286,139 +298,168 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
         # A - a subtracted): exact when p rounds to 1
         wr[am] = (a_rest - A * q) * scale
         return
-    _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest)
+    _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, n_near, SE, SE2, SF, SF2)
 
 
 @jit
-def _smse_plain_lv(xy, e2_rest, S, p_y, p_max, tau, Q):
-    """softmax_mse loss l and V = sum over the untied of p (p - t) for w = 1,
-    one-hot t, without a loop over the row; returns ``(l, V, WT_T)``.
+def _tag(v):
+    """Whether a stored softmax_mse entry is near the max (its sign bit: near
+    entries hold E = expm1(z - m) <= 0, ties -0.0; far ones e >= +0)."""
+    return np.float64(v).view(np.int64) < 0
 
-    ``xy`` is the label's stored (tie-tagged) e, ``p_y`` its probability and
-    ``e2_rest`` the sum of e^2 over the untied classes.  With P2 = that sum
-    over S^2:  V = P2 - [y untied] p_y  and
-    l = P2 + [y untied] (1 - 2 p_y) + the tied classes' d^2, where a tied
-    class has d = p_max - t, or (1 - t) - Q when it is alone (a lone max:
-    exact when p_max rounds to 1).
+
+@jit
+def _smse_p(x, near, f32, rs, inv_esc, S, p_max):
+    """p from a stored entry ``x``: p_max (1 + E) near the max, e / S off it."""
+    return p_max * (1.0 + x) if near else (x * rs if f32 else (x * inv_esc) / S)
+
+
+@jit
+def _smse_plain_row(xy, p_y, s1, S, p_max, P, Q, n_near, SE, SE2, SF2, scale):
+    """softmax_mse of a plain row (w = 1, one-hot t) from its sums, no loop:
+    ``(l, B, A, V_F, VV, g_y)``.
+
+    ``xy`` is the label's stored entry, ``p_y`` its probability; n_near, SE,
+    SE2 the count and sums of E, E^2 over N, SF2 the sum of e^2 over F.  With
+    p = p_max (1 + E) on N: B = sum_N p E = p_max (SE + SE2), A = [y in N] p_y,
+    V_F = sum_F p (p - t), VV = V_N + V_F = sum p u, and g_y the label's
+    gradient (the loops take every other entry as t = 0).  Sums that drop the
+    label from N are formed without it ((|N| - 1) + (SE - E_y), ...), never
+    as differences of the whole, so a lone max stays exact.
     """
-    y_tied = xy > 0.0
-    WT_T = 1.0 if y_tied else 0.0
-    P2 = e2_rest / (S * S)
-    if y_tied:
-        V = P2
-        l = P2
+    B = p_max * (SE + SE2)
+    P2F = SF2 / (S * S)  # sum_F p^2
+    pm2 = p_max * p_max
+    if _tag(xy):
+        E_y = xy
+        d_y = -((s1 - E_y) / S)  # 1 - p_y = (S' - E_y) / S: both terms >= 0
+        A = p_y
+        V_F = P2F
+        # the other near classes' p^2 = p_max^2 (1 + E)^2, then d_y^2
+        l = P2F + (pm2 * ((n_near - 1.0) + (2.0 * (SE - E_y) + (SE2 - E_y * E_y))) + d_y * d_y)
+        V_N = p_max * (B - E_y * P) - A * Q  # W - WT P = P (1 - 1) = 0
+        # t_y P - A = P - p_y, summed over the other near classes
+        G_y = (p_max * (E_y * P - B) - p_max * ((n_near - 1.0) + (SE - E_y))) + (Q * d_y - V_F)
+        VV = V_N + V_F
     else:
-        V = P2 - p_y
-        l = P2 + (1.0 - 2.0 * p_y)  # = P2 - p_y^2 + (p_y - 1)^2; p_y < 1/2: 2 p_y exact
-    if tau == 1.0:
-        d_t = (1.0 - WT_T) - Q
-        l += d_t * d_t
-    else:
-        l += (tau - WT_T) * (p_max * p_max) + WT_T * ((p_max - 1.0) * (p_max - 1.0))
-    return l, V, WT_T
-
-
-@jit_inline
-def _smse_g(p, a_j, u, p_max, Q, V, scale):
-    """One softmax_mse gradient entry, 2 p (p_max a_j + (Q u - V)) scale:
-    the tie split of :func:`fastloss.reference.softmax_rows` (u = w d; a_j
-    the tied or the untied form), one grouping for every path."""
-    return ((2.0 * p) * (p_max * a_j + (Q * u - V))) * scale
+        A = 0.0
+        d_y = p_y - 1.0  # p_y < 1/2 off N: no cancellation
+        V_F = P2F - p_y
+        l = (P2F + (1.0 - 2.0 * p_y)) + pm2 * (n_near + (2.0 * SE + SE2))  # = ... + (p_y - 1)^2 - p_y^2
+        V_N = p_max * (P + B)
+        VV = V_N + V_F
+        G_y = d_y - VV
+    return l, B, A, V_F, VV, ((2.0 * p_y) * G_y) * scale
 
 
 @jit
-def _smse_tied_grads(p_max, Q, tau, W_T, WT_T, V, scale, one_tied):
-    """The gradient of a tied entry of a plain softmax_mse row (w = 1,
-    one-hot t; p = p_max exactly): ``(label, other)``.  The general form's
-    arithmetic with its t, so the bits are the same; a row needs it twice,
-    not once per entry (a vector loop computes both sides of a select)."""
-    d1 = ((1.0 - 1.0) - Q) if one_tied else (p_max - 1.0)
-    d0 = ((1.0 - 0.0) - Q) if one_tied else (p_max - 0.0)
-    a1 = p_max * (tau - W_T) - (tau * 1.0 - WT_T)
-    a0 = p_max * (tau - W_T) - (tau * 0.0 - WT_T)
-    return _smse_g(p_max, a1, d1, p_max, Q, V, scale), _smse_g(p_max, a0, d0, p_max, Q, V, scale)
+def _smse_plain_g(x, pf, p_max, P, B, A, Q, V_F, VV, scale):
+    """Gradient of a plain row's entry with t = 0 from its stored ``x`` (``pf``:
+    its p if far, e / S): near G = p_max (E P - B) + A + (Q p - V_F), far
+    G = p - VV (see :func:`_smse_tail_impl`)."""
+    near = _tag(x)
+    p = p_max * (1.0 + x) if near else pf
+    G = ((p_max * (x * P - B) + A) + (Q * p - V_F)) if near else (p - VV)
+    return ((2.0 * p) * G) * scale
 
 
 @jit_inline
-def _smse_entry(v, k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, Q, one_tied):
-    """Entry k of a softmax_mse row from its stored (tie-tagged) e ``v``:
-    ``(tied, p, t, w, d, u)`` with d = p - t and u = w d."""
+def _smse_entry(v, k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, s1, p_max):
+    """Entry k of a softmax_mse row from its stored entry ``v``:
+    ``(near, x, p, t, w, d, u)`` with d = p - t, u = w d (x: E if near)."""
     x = np.float64(v)
-    tied = x > 0.0
-    p = abs(x) * rs if f32 else (abs(x) * inv_esc) / S
+    near = _tag(x)
+    p = _smse_p(x, near, f32, rs, inv_esc, S, p_max)
     tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
     wk = np.float64(w[k]) if has_w else 1.0
-    # a lone max: p_max - t = (1 - t) - Q, exact when p_max rounds to 1
-    d = ((1.0 - tk) - Q) if (tied and one_tied) else (p - tk)
-    return tied, p, tk, wk, d, wk * d
+    # a heavy target near the max: p - t = (1 - t) - (1 - p), 1 - p =
+    # (S' - E) p_max with both terms >= 0 (exact when p rounds to 1)
+    d = ((1.0 - tk) - (s1 - x) * p_max) if (near and tk >= 0.5) else (p - tk)
+    return near, x, p, tk, wk, d, wk * d
 
 
 @jit_inline
-def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest):
+def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, n_near, SE, SE2, SF, SF2):
     """:func:`_smse_tail_impl`, its loops compiled apart for the plain call
     (labels, no weights): with that known at compile time the loops carry no
     target/weight loads behind runtime branches, and vectorise."""
     if probs.shape[0] == 0 and w.size == 0:
-        _smse_tail_impl(True, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest)
+        _smse_tail_impl(True, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, n_near, SE, SE2,
+                        SF, SF2)
     else:
-        _smse_tail_impl(False, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest)
+        _smse_tail_impl(False, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, n_near, SE, SE2,
+                        SF, SF2)
 
 
 @jit_inline
-def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, tau, e_rest, e2_rest):
-    """softmax_mse from the stored (tie-tagged) e: loss and gradient of row r.
+def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, n_near, SE, SE2,
+                    SF, SF2):
+    """softmax_mse from the stored entries: loss and gradient of row r.
 
-    With u = w (p - t), dl/dz_j = 2 p_j (u_j - sum_k p_k u_k); the bracket
-    cancels to noise when most mass sits on classes tied with the max
-    ([-40, 0, 0, 0], label 0).  Split off the tied set T (p = p_max) and use
-    sum p = 1: u_j - sum p u = p_max A_j + (Q u_j - V), as in
-    :func:`fastloss.reference.softmax_rows`.
+    With u = w (p - t), dl/dz_j = 2 p_j G_j, G_j = sum_k p_k (u_j - u_k); the
+    sum cancels to noise where u_j ~ u_k for a heavy class k at or just below
+    the max ([-40, 0, 0, 0]; [-6, 0, 2^-6]).  So, as in
+    :func:`fastloss.reference.softmax_rows`: on the near set N, p_k =
+    p_max (1 + E_k) with E_k = expm1(z_k - m) stored to an ulp, so p_j - p_k
+    = p_max (E_j - E_k) keeps its digits; with P, W, A, B the sums over N of
+    p, p w, p w t, p w E, WT, BT those of w t, w t E, and Q, V_F the sums
+    over F of p, p u:
+      j in N:  G_j = p_max ((w_j P - W) + (w_j E_j P - B)) - (w_j t_j P - A) + (Q u_j - V_F)
+      j in F:  G_j = u_j - (V_N + V_F),  V_N = p_max ((W - WT P) + (B - BT P)) - A Q
     """
     C = zr.size
     has_w = False if plain else w.size > 0
     use_p = False if plain else probs.shape[0] > 0
     p_max = 1.0 / S
-    Q = e_rest / S  # sum of p off T = 1 - tau p_max, never a difference
-    one_tied = tau == 1.0
-    l = 0.0
-    V = 0.0  # sum over k not in T of p u
-    W_T = 0.0  # sum over T of w
-    WT_T = 0.0  # sum over T of w t
-    if plain:  # w = 1, one-hot t: no loop (W_T = tau)
-        W_T = tau
+    Q = SF / S  # sum of p over F = 1 - P, never a difference
+    P = p_max * (n_near + SE)  # sum of p over N
+    if plain:  # w = 1, one-hot t: sums from the exp pass, no loop
         xy = np.float64(wr[y])
-        p_y = abs(xy) * rs if f32 else (abs(xy) * inv_esc) / S
-        l, V, WT_T = _smse_plain_lv(xy, e2_rest, S, p_y, p_max, tau, Q)
-    else:
+        p_y = _smse_p(xy, _tag(xy), f32, rs, inv_esc, S, p_max)
+        l, B, A, V_F, VV, g_y = _smse_plain_row(xy, p_y, s1, S, p_max, P, Q, n_near, SE, SE2, SF2, scale)
+        loss[r] = l
+        if not has_g:
+            return
         for k in range(C):
-            tied, p, tk, wk, d, u = _smse_entry(wr[k], k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, Q,
-                                                one_tied)
-            l = add_reassoc(l, u * d)
-            V = add_reassoc(V, 0.0 if tied else p * u)
-            W_T = add_reassoc(W_T, wk if tied else 0.0)
-            WT_T = add_reassoc(WT_T, wk * tk if tied else 0.0)
+            x = np.float64(wr[k])
+            wr[k] = _smse_plain_g(x, x * rs if f32 else (x * inv_esc) / S, p_max, P, B, A, Q, V_F, VV, scale)
+        wr[y] = g_y
+        return
+    l = 0.0
+    W = 0.0
+    A = 0.0
+    B = 0.0
+    WT = 0.0
+    BT = 0.0
+    V_F = 0.0
+    for k in range(C):
+        near, x, p, tk, wk, d, u = _smse_entry(wr[k], k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, s1,
+                                               p_max)
+        l = add_reassoc(l, u * d)
+        pw = p * wk
+        wt = wk * tk
+        W = add_reassoc(W, pw if near else 0.0)
+        A = add_reassoc(A, p * wt if near else 0.0)  # p (w t): the grouping of (w t) P below
+        B = add_reassoc(B, pw * x if near else 0.0)
+        WT = add_reassoc(WT, wt if near else 0.0)
+        BT = add_reassoc(BT, wt * x if near else 0.0)
+        V_F = add_reassoc(V_F, 0.0 if near else p * u)
     loss[r] = l
     if not has_g:
         return
-    # U_T = sum_T w (p_max - t) = (W_T/tau - WT_T) - Q W_T/tau: the first
-    # difference is exact without weights when a tied class is the label
-    w_bar = W_T / tau
-    U_T = (w_bar - WT_T) - Q * w_bar
-    if plain:  # tied entries take one of two per-row values
-        g1, g0 = _smse_tied_grads(p_max, Q, tau, W_T, WT_T, V, scale, one_tied)
-        for k in range(C):
-            x = np.float64(wr[k])
-            p = abs(x) * rs if f32 else (abs(x) * inv_esc) / S
-            d = p - (1.0 if k == y else 0.0)
-            g = _smse_g(p, tau * d - U_T, d, p_max, Q, V, scale)
-            wr[k] = (g1 if k == y else g0) if x > 0.0 else g
-        return
+    if has_w:
+        V_N = (W - WT * P) + (B - BT * P)
+    else:  # W = P: w_j P - W = 0 below, W - WT P = P (1 - WT)
+        W = P
+        V_N = P * (1.0 - WT) + (B - BT * P)
+    V_N = p_max * V_N - A * Q
+    VV = V_N + V_F
     for k in range(C):
-        tied, p, tk, wk, d, u = _smse_entry(wr[k], k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, Q,
-                                            one_tied)
-        tw = tau * wk
-        a_j = (p_max * (tw - W_T) - (tw * tk - WT_T)) if tied else (tau * u - U_T)
-        wr[k] = _smse_g(p, a_j, u, p_max, Q, V, scale)
+        near, x, p, tk, wk, d, u = _smse_entry(wr[k], k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, s1,
+                                               p_max)
+        gn = ((wk * x) * P - B) + (wk * P - W)
+        gn = (p_max * gn - ((wk * tk) * P - A)) + (Q * u - V_F)
+        wr[k] = ((2.0 * p) * (gn if near else u - VV)) * scale
 
 
 @jit_inline
@@ -530,9 +571,9 @@ def log1p_pos(s):
 
 
 # per-row float64 scratch of a short-row block: rows of one (_NF, _RB) array
-(_F_M, _F_ZY, _F_S1, _F_RS, _F_TAU, _F_EREST, _F_Q, _F_L, _F_V, _F_WT, _F_UT, _F_SS, _F_PM,
- _F_G1, _F_G0) = range(15)
-_NF = 15
+(_F_M, _F_ZY, _F_S1, _F_RS, _F_NN, _F_SE, _F_SE2, _F_SF, _F_SF2, _F_SS, _F_PM, _F_P, _F_B, _F_A, _F_Q,
+ _F_VF, _F_VV, _F_GY) = range(18)
+_NF = 18
 # per-row int32 scratch: rows of one (4, _RB) array
 _I_AM, _I_NAN, _I_SPECIAL, _I_Y = range(4)
 
@@ -590,8 +631,8 @@ def _small_front(z, labels, ignore_index, r0, nb, E, F, I):
 @jit_inline
 def _small_exp(smse, E, F, C, nb):
     """e = exp(z - m) over the block, in place (float32 blocks: e * 2**100 in
-    float32 arithmetic, as in :func:`_row`); softmax_mse stores tied classes
-    (z == m) as +e and the rest as -e, as :func:`_row` does."""
+    float32 arithmetic, as in :func:`_row`); softmax_mse stores its near
+    classes (z - m >= _NEAR) as -|expm1(z - m)| instead, as :func:`_row` does."""
     m = F[_F_M]
     mz = E[C]  # mz, not float32(m[i]): the conversion in the loop kept it scalar
     if is_f32(E):
@@ -599,15 +640,15 @@ def _small_exp(smse, E, F, C, nb):
             Ek = E[k]
             for i in range(nb):
                 x = Ek[i] - mz[i]
-                e = exp_scaled_f32(x)
-                Ek[i] = (e if x == 0.0 else -e) if smse else e
+                e, em1 = exp_em1_scaled_f32(x)
+                Ek[i] = (-abs(em1) if x >= _NEAR32 else e) if smse else e
     else:
         for k in range(C):
             Ek = E[k]
             for i in range(nb):
                 x = Ek[i] - m[i]
-                e = exp(x)
-                Ek[i] = (e if x == 0.0 else -e) if smse else e
+                e, em1 = exp_em1(x)
+                Ek[i] = (-abs(em1) if x >= _NEAR else e) if smse else e
 
 
 @jit_inline
@@ -657,57 +698,56 @@ def _ce_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
 @jit_inline
 def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
     """Plain softmax_mse (labels, no weights) of rows ``r0:r0+nb`` after
-    :func:`_small_front`, each pass across rows: :func:`_row` and
-    :func:`_smse_tail` with w = 1 (so W_T = tau and WT_T = [label tied])."""
+    :func:`_small_front`, each pass across rows: :func:`_row` and the plain
+    :func:`_smse_tail_impl` (the near set N, sums from the exp pass)."""
     C = z.shape[1]
     f32 = is_f32(z)
-    rs, tau, e_rest, Q, l, V, WT, UT = F[_F_RS], F[_F_TAU], F[_F_EREST], F[_F_Q], F[_F_L], F[_F_V], F[_F_WT], F[_F_UT]
-    SS, PM = F[_F_SS], F[_F_PM]
-    special, yb = I[_I_SPECIAL], I[_I_Y]
+    s1, rs, NN, SE, SE2, SF, SF2 = F[_F_S1], F[_F_RS], F[_F_NN], F[_F_SE], F[_F_SE2], F[_F_SF], F[_F_SF2]
+    SS, PM, P, B, A, Q, VF, VV, GY = F[_F_SS], F[_F_PM], F[_F_P], F[_F_B], F[_F_A], F[_F_Q], F[_F_VF], F[_F_VV], F[_F_GY]
+    yb = I[_I_Y]
     _small_exp(True, E, F, C, nb)
     for i in range(nb):
-        tau[i] = 0.0
-        e_rest[i] = 0.0
-    e2 = l  # the sum of e^2 over the untied classes, until l is formed
-    for i in range(nb):
-        e2[i] = 0.0
+        NN[i] = 0.0
+        SE[i] = 0.0
+        SE2[i] = 0.0
+        SF[i] = 0.0
+        SF2[i] = 0.0
     for k in range(C):
         Ek = E[k]
         for i in range(nb):
             v = np.float64(Ek[i])
-            tied = v > 0.0
-            tau[i] += 1.0 if tied else 0.0  # exact: integer counts
-            e_rest[i] = add_reassoc(e_rest[i], 0.0 if tied else -v)
-            e2[i] = add_reassoc(e2[i], 0.0 if tied else v * v)
+            near = _tag(v)
+            NN[i] += 1.0 if near else 0.0  # exact: integer counts
+            SE[i] = add_reassoc(SE[i], v if near else 0.0)
+            SE2[i] = add_reassoc(SE2[i], v * v if near else 0.0)
+            SF[i] = add_reassoc(SF[i], 0.0 if near else v)
+            SF2[i] = add_reassoc(SF2[i], 0.0 if near else v * v)
     esc_inv = 2.0 ** -100 if f32 else 1.0
     for i in range(nb):
-        e_rest[i] *= esc_inv  # exact: a power of 2
-        S = 1.0 + (e_rest[i] + (tau[i] - 1.0))  # S' from the tie count (tied e = 1 exactly), as in _row
+        SF[i] *= esc_inv  # exact: powers of 2
+        SF2[i] *= esc_inv * esc_inv
+        s1[i] = SF[i] + ((NN[i] - 1.0) + SE[i])  # as in _row
+        S = 1.0 + s1[i]
         SS[i] = S
         PM[i] = 1.0 / S
         rs[i] = esc_inv / S  # float32 rows: p = e rs; float64 rows: p = e / S, as in _row
-        Q[i] = e_rest[i] / S  # sum of p off the tied set, never a difference
+        Q[i] = SF[i] / S
+        P[i] = PM[i] * (NN[i] + SE[i])
         y = max(yb[i], 0)  # (flagged rows: any value)
         xy = np.float64(E[y, i])
-        p_y = abs(xy) * rs[i] if f32 else abs(xy) / S
-        li, V[i], WT[i] = _smse_plain_lv(xy, e2[i] * (esc_inv * esc_inv), S, p_y, PM[i], tau[i], Q[i])
-        loss[r0 + i] = li
-        # U_T = (W_T/tau - WT_T) - Q W_T/tau with W_T/tau = 1
-        UT[i] = (1.0 - WT[i]) - Q[i]
+        p_y = _smse_p(xy, _tag(xy), f32, rs[i], 1.0, S, PM[i])
+        loss[r0 + i], B[i], A[i], VF[i], VV[i], GY[i] = _smse_plain_row(
+            xy, p_y, s1[i], S, PM[i], P[i], Q[i], NN[i], SE[i], SE2[i], SF2[i], scale)
     if grad.shape[0] == 0:
         return
-    G1, G0 = F[_F_G1], F[_F_G0]
-    for i in range(nb):  # tied entries: two per-row values (as in _smse_tail_impl)
-        G1[i], G0[i] = _smse_tied_grads(PM[i], Q[i], tau[i], tau[i], WT[i], V[i], scale, tau[i] == 1.0)
     for k in range(C):
         Ek = E[k]
         for i in range(nb):
             x = np.float64(Ek[i])
-            p = abs(x) * rs[i] if f32 else abs(x) / SS[i]
-            is_y = k == yb[i]
-            d = p - (1.0 if is_y else 0.0)
-            g = _smse_g(p, tau[i] * d - UT[i], d, PM[i], Q[i], V[i], scale)
-            Ek[i] = (G1[i] if is_y else G0[i]) if x > 0.0 else g
+            g = _smse_plain_g(x, x * rs[i] if f32 else x / SS[i], PM[i], P[i], B[i], A[i], Q[i], VF[i], VV[i],
+                              scale)
+            Ek[i] = GY[i] if k == yb[i] else g
+    special = I[_I_SPECIAL]
     for i in range(nb):
         sp = special[i]
         for k in range(C):
