@@ -365,7 +365,13 @@ def softmax_rows(op, z2d, labels=None, probs=None, w=None, ignore_index=-100, sm
         if smoothing:  # the smoothed target, rounded to float64 like the library's
             eps = mp.mpf(float(smoothing))
             t = [float(mp.mpf(v) * (1 - eps) + eps / C) for v in t]
-        l, g, kl, kg = _row(mp, op, zr, t, wf, labels is None or bool(smoothing), w is not None)
+        live = [v for v in zr if math.isfinite(v)]
+        spread = max(live) - min(live) if live and op == "softmax_mse" else 0.0
+        # softmax_mse's pairwise terms can cancel down to p_min ~ e^-spread
+        # ([-58, 86, 86], label 1: p (1 - 2p) = p p_0, 63 digits below 1/4), so
+        # carry that many digits more (up to the float64 range, 1e-340)
+        with mp.workdps(DPS + int(min(spread / math.log(10.0), 360.0))):
+            l, g, kl, kg = _row(mp, op, zr, t, wf, labels is None or bool(smoothing), w is not None)
         loss[r], grad[r], lc[r], gc[r] = l, g, kl, kg
     return loss, grad, lc, gc
 

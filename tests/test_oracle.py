@@ -212,6 +212,13 @@ def test_oracle_closed_forms():
     assert kl[0] < 10  # shift coordinates: the offset 1e15 is not conditioning
     l, g, _, _ = oracle.softmax_rows("softmax_mse", [[0.0, 0.0]], probs=[[1.0, 0.0]])
     assert l.tolist() == [0.5] and g.tolist() == [[-0.5, 0.5]]
+    # two tied maxima, one the label, a class 144 below: the pairwise terms
+    # cancel 63 digits (p (1 - 2p) = p p0), past 60-digit arithmetic (which
+    # returned 0); exactly g0 = 6 p p0^2 with p0 = e^-d / (2 + e^-d), p = 1/(2 + e^-d)
+    d = 144.04
+    l, g, _, _ = oracle.softmax_rows("softmax_mse", [[-d / 2, d / 2, d / 2]], labels=[1])
+    e = math.exp(-d)
+    assert math.isclose(g[0, 0], 6 * (e / (2 + e)) ** 2 / (2 + e), rel_tol=1e-15)
 
 
 def test_oracle_special_rows():
