@@ -99,6 +99,15 @@ def exp_em1(x, f32=False):
 
 
 @jit_fma
+def exp_pm(x, f32=False):
+    """``(exp(x), pm)`` with pm the reduced series ``expm1(r)``: ``expm1(x)``
+    itself, ~1 ulp, where the reduction leaves ``r = x`` (k = 0, ``|x| <=
+    0.3465``), with none of :func:`exp_em1`'s rescaling."""
+    pm, s1, s2 = _exp_parts(x, f32)
+    return ((pm + 1.0) * s1) * s2, pm
+
+
+@jit_fma
 def log1p01(u, f32=False):
     """``log1p(u)`` for ``u`` in [0, 1] (or NaN), ~1 ulp, exact for subnormal u.
 

@@ -20,7 +20,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_inline, kernel, parallel_kernel
-from ._math import _LN2_HI, _LN2_LO, add_reassoc, exp, exp_em1, exp_em1_scaled_f32, exp_scaled_f32, is_f32, mul0, tree_sum
+from ._math import _LN2_HI, _LN2_LO, add_reassoc, exp, exp_em1_scaled_f32, exp_pm, exp_scaled_f32, is_f32, mul0, tree_sum
 
 CE, SMSE = 0, 1
 _NAN = np.nan
@@ -176,11 +176,10 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     T = 0.0  # sum of a_k (z_k - m), with 0 * -inf := 0
     # softmax_mse: the near set N = {z - m >= _NEAR} stores E = expm1(z - m)
     # (sign bit set, ties -0.0), the far classes e (>= +0): see _smse_tail_impl
-    n_near = 0.0  # |N|
-    SE = 0.0  # sum of E over N
-    SE2 = 0.0  # sum of E^2 over N
+    SN = 0.0  # sum of e over N (>= 1: the argmax's e = 1)
+    SEE = 0.0  # sum of e E over N
     SF = 0.0  # sum of e over F
-    SF2 = 0.0  # sum of e^2 over F
+    SF2 = 0.0  # sum of e^2 over F (float32 rows; float64: _smse_tail_impl)
     sums = use_p or eps != 0.0
     f32 = is_f32(zr)  # constant: shorter exp series for float32 rows
     if op == SMSE and f32 and not inf_row:
@@ -194,28 +193,28 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
         for k in range(C):
             v = np.float64(wr[k])
             near = _tag(v)
-            n_near = add_reassoc(n_near, 1.0 if near else 0.0)  # exact: integer counts
-            SE = add_reassoc(SE, v if near else 0.0)
-            SE2 = add_reassoc(SE2, v * v if near else 0.0)
-            SF = add_reassoc(SF, 0.0 if near else v)
-            SF2 = add_reassoc(SF2, 0.0 if near else v * v)  # e 2**100: v^2 <= 2**200
+            en = (1.0 + v) if near else 0.0  # near e = 1 + E
+            ef = 0.0 if near else v
+            SN = add_reassoc(SN, en)
+            SEE = add_reassoc(SEE, en * v)
+            SF = add_reassoc(SF, ef)
+            SF2 = add_reassoc(SF2, ef * ef)  # e 2**100: v^2 <= 2**200
         SF *= 1.0 / esc  # exact: a power of 2
         SF2 *= 1.0 / (esc * esc)
-        # near e = 1 + E: S' (all but the argmax, E = 0 there) is
-        # SF + (|N| - 1) + SE, the last two >= 0.7 (|N| - 1) together
-        s1 = SF + ((n_near - 1.0) + SE)
+        # S' (all but the argmax, e = 1): SN - 1 >= 0.7 (|N| - 1) (near
+        # e >= 1/sqrt(2)), exact for a lone max
+        s1 = SF + (SN - 1.0)
     elif op == SMSE:  # separate loops: op is a runtime value, branches inside stop vectorising
         for k in range(C):
             sh = _shift(np.float64(wr[k]), m, inf_row)
-            e, em1 = exp_em1(sh, f32)
+            e, em1 = exp_pm(sh, f32)  # k = 0 on N: pm = expm1(z - m)
             near = sh >= _NEAR
             wr[k] = -abs(em1) if near else e * esc  # float32 rows: +inf rows only (e = 0 or near)
-            n_near = add_reassoc(n_near, 1.0 if near else 0.0)
-            SE = add_reassoc(SE, em1 if near else 0.0)
-            SE2 = add_reassoc(SE2, em1 * em1 if near else 0.0)
-            SF = add_reassoc(SF, 0.0 if near else e)
-            SF2 = add_reassoc(SF2, 0.0 if near else e * e)
-        s1 = SF + ((n_near - 1.0) + SE)
+            en = e if near else 0.0
+            SN = add_reassoc(SN, en)
+            SEE = add_reassoc(SEE, en * em1)
+            SF = add_reassoc(SF, 0.0 if near else e)  # (SF2: see _smse_tail_impl)
+        s1 = SF + (SN - 1.0)
     elif not sums and f32 and not inf_row:
         # float32 labels: exp in float32 (16 lanes, not 4), then S' summed in
         # float64 in a second, cheap pass.  z - m is a float32 difference
@@ -298,61 +297,61 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
         # A - a subtracted): exact when p rounds to 1
         wr[am] = (a_rest - A * q) * scale
         return
-    _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, n_near, SE, SE2, SF, SF2)
+    _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, SN, SEE, SF, SF2)
 
 
-@jit
+@jit_inline
 def _tag(v):
     """Whether a stored softmax_mse entry is near the max (its sign bit: near
     entries hold E = expm1(z - m) <= 0, ties -0.0; far ones e >= +0)."""
-    return np.float64(v).view(np.int64) < 0
+    return math.copysign(1.0, v) < 0.0  # (a bit view here kept the loops scalar)
 
 
-@jit
+@jit_inline
 def _smse_p(x, near, f32, rs, inv_esc, S, p_max):
     """p from a stored entry ``x``: p_max (1 + E) near the max, e / S off it."""
     return p_max * (1.0 + x) if near else (x * rs if f32 else (x * inv_esc) / S)
 
 
 @jit
-def _smse_plain_row(xy, p_y, s1, S, p_max, P, Q, n_near, SE, SE2, SF2, scale):
+def _smse_plain_row(xy, p_y, s1, S, p_max, P, Q, SN, SEE, SF2, scale):
     """softmax_mse of a plain row (w = 1, one-hot t) from its sums, no loop:
     ``(l, B, A, V_F, VV, g_y)``.
 
-    ``xy`` is the label's stored entry, ``p_y`` its probability; n_near, SE,
-    SE2 the count and sums of E, E^2 over N, SF2 the sum of e^2 over F.  With
-    p = p_max (1 + E) on N: B = sum_N p E = p_max (SE + SE2), A = [y in N] p_y,
-    V_F = sum_F p (p - t), VV = V_N + V_F = sum p u, and g_y the label's
-    gradient (the loops take every other entry as t = 0).  Sums that drop the
-    label from N are formed without it ((|N| - 1) + (SE - E_y), ...), never
-    as differences of the whole, so a lone max stays exact.
+    ``xy`` is the label's stored entry, ``p_y`` its probability; SN, SEE the
+    sums of e, e E over N, SF2 that of e^2 over F.  With p = p_max e:
+    B = sum_N p E = p_max SEE, sum_N p^2 = p_max^2 (SN + SEE) (e = 1 + E),
+    A = [y in N] p_y, V_F = sum_F p (p - t), VV = V_N + V_F = sum p u, and
+    g_y the label's gradient (the loops take every entry as t = 0).  Sums
+    that drop the label from N are formed without it (SN - e_y >= 0.7 per
+    other near class), never as differences of small results, so a lone max
+    stays exact.
     """
-    B = p_max * (SE + SE2)
+    B = p_max * SEE
     P2F = SF2 / (S * S)  # sum_F p^2
-    pm2 = p_max * p_max
     if _tag(xy):
         E_y = xy
+        e_y = 1.0 + E_y
         d_y = -((s1 - E_y) / S)  # 1 - p_y = (S' - E_y) / S: both terms >= 0
         A = p_y
         V_F = P2F
-        # the other near classes' p^2 = p_max^2 (1 + E)^2, then d_y^2
-        l = P2F + (pm2 * ((n_near - 1.0) + (2.0 * (SE - E_y) + (SE2 - E_y * E_y))) + d_y * d_y)
+        # the other near classes' p^2, then d_y^2
+        l = P2F + ((p_max * p_max) * ((SN - e_y) + (SEE - e_y * E_y)) + d_y * d_y)
         V_N = p_max * (B - E_y * P) - A * Q  # W - WT P = P (1 - 1) = 0
-        # t_y P - A = P - p_y, summed over the other near classes
-        G_y = (p_max * (E_y * P - B) - p_max * ((n_near - 1.0) + (SE - E_y))) + (Q * d_y - V_F)
-        VV = V_N + V_F
+        # t_y P - A = P - p_y, the other near classes' p
+        G_y = (p_max * (E_y * P - B) - p_max * (SN - e_y)) + (Q * d_y - V_F)
     else:
         A = 0.0
         d_y = p_y - 1.0  # p_y < 1/2 off N: no cancellation
         V_F = P2F - p_y
-        l = (P2F + (1.0 - 2.0 * p_y)) + pm2 * (n_near + (2.0 * SE + SE2))  # = ... + (p_y - 1)^2 - p_y^2
+        # sum_F (p - t)^2 = P2F - p_y^2 + (p_y - 1)^2
+        l = (P2F + (1.0 - 2.0 * p_y)) + (p_max * p_max) * (SN + SEE)
         V_N = p_max * (P + B)
-        VV = V_N + V_F
-        G_y = d_y - VV
-    return l, B, A, V_F, VV, ((2.0 * p_y) * G_y) * scale
+        G_y = d_y - (V_N + V_F)
+    return l, B, A, V_F, V_N + V_F, ((2.0 * p_y) * G_y) * scale
 
 
-@jit
+@jit_inline
 def _smse_plain_g(x, pf, p_max, P, B, A, Q, V_F, VV, scale):
     """Gradient of a plain row's entry with t = 0 from its stored ``x`` (``pf``:
     its p if far, e / S): near G = p_max (E P - B) + A + (Q p - V_F), far
@@ -374,49 +373,63 @@ def _smse_entry(v, k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, s1, p_m
     wk = np.float64(w[k]) if has_w else 1.0
     # a heavy target near the max: p - t = (1 - t) - (1 - p), 1 - p =
     # (S' - E) p_max with both terms >= 0 (exact when p rounds to 1)
-    d = ((1.0 - tk) - (s1 - x) * p_max) if (near and tk >= 0.5) else (p - tk)
+    d = ((1.0 - tk) - (s1 - x) * p_max) if (near & (tk >= 0.5)) else (p - tk)
     return near, x, p, tk, wk, d, wk * d
 
 
+_PLAIN, _LABELS, _PROBS = 0, 1, 2  # softmax_mse tail variants (compile-time)
+
+
 @jit_inline
-def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, n_near, SE, SE2, SF, SF2):
+def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, SN, SEE, SF, SF2):
     """:func:`_smse_tail_impl`, its loops compiled apart for the plain call
-    (labels, no weights): with that known at compile time the loops carry no
-    target/weight loads behind runtime branches, and vectorise."""
-    if probs.shape[0] == 0 and w.size == 0:
-        _smse_tail_impl(True, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, n_near, SE, SE2,
-                        SF, SF2)
+    (labels, no weights), weighted labels and probabilities: with that known
+    at compile time the loops carry no target/weight loads behind runtime
+    branches, and no sums the variant does not need."""
+    if probs.shape[0] > 0:
+        _smse_tail_impl(_PROBS, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, SN, SEE, SF,
+                        SF2)
+    elif w.size == 0:
+        _smse_tail_impl(_PLAIN, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, SN, SEE, SF,
+                        SF2)
     else:
-        _smse_tail_impl(False, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, n_near, SE, SE2,
-                        SF, SF2)
+        _smse_tail_impl(_LABELS, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, SN, SEE, SF,
+                        SF2)
 
 
 @jit_inline
-def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, n_near, SE, SE2,
-                    SF, SF2):
+def _smse_tail_impl(mode, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, SN, SEE, SF, SF2):
     """softmax_mse from the stored entries: loss and gradient of row r.
 
     With u = w (p - t), dl/dz_j = 2 p_j G_j, G_j = sum_k p_k (u_j - u_k); the
     sum cancels to noise where u_j ~ u_k for a heavy class k at or just below
     the max ([-40, 0, 0, 0]; [-6, 0, 2^-6]).  So, as in
     :func:`fastloss.reference.softmax_rows`: on the near set N, p_k =
-    p_max (1 + E_k) with E_k = expm1(z_k - m) stored to an ulp, so p_j - p_k
-    = p_max (E_j - E_k) keeps its digits; with P, W, A, B the sums over N of
-    p, p w, p w t, p w E, WT, BT those of w t, w t E, and Q, V_F the sums
-    over F of p, p u:
+    p_max e_k with e_k = 1 + E_k, E_k = expm1(z_k - m) stored to an ulp, so
+    p_j - p_k = p_max (E_j - E_k) keeps its digits; with P, W, A, B the sums
+    over N of p, p w, p w t, p w E, WT, BT those of w t, w t E, and Q, V_F
+    the sums over F of p, p u:
       j in N:  G_j = p_max ((w_j P - W) + (w_j E_j P - B)) - (w_j t_j P - A) + (Q u_j - V_F)
       j in F:  G_j = u_j - (V_N + V_F),  V_N = p_max ((W - WT P) + (B - BT P)) - A Q
+    ``SF2`` (the sum of e^2 over F) is only formed for float32 rows (their
+    second exp-pass loop; a fourth sum in the float64 exp loop cost 30 %).
     """
     C = zr.size
-    has_w = False if plain else w.size > 0
-    use_p = False if plain else probs.shape[0] > 0
+    plain = mode == _PLAIN
+    use_p = mode == _PROBS
+    has_w = mode == _LABELS or (use_p and w.size > 0)
     p_max = 1.0 / S
     Q = SF / S  # sum of p over F = 1 - P, never a difference
-    P = p_max * (n_near + SE)  # sum of p over N
-    if plain:  # w = 1, one-hot t: sums from the exp pass, no loop
+    P = p_max * SN  # sum of p over N
+    if plain:  # w = 1, one-hot t: sums from the exp pass, no loop but e^2
+        if not f32:
+            for k in range(C):
+                v = np.float64(wr[k])
+                ef = 0.0 if _tag(v) else v
+                SF2 = add_reassoc(SF2, ef * ef)
         xy = np.float64(wr[y])
         p_y = _smse_p(xy, _tag(xy), f32, rs, inv_esc, S, p_max)
-        l, B, A, V_F, VV, g_y = _smse_plain_row(xy, p_y, s1, S, p_max, P, Q, n_near, SE, SE2, SF2, scale)
+        l, B, A, V_F, VV, g_y = _smse_plain_row(xy, p_y, s1, S, p_max, P, Q, SN, SEE, SF2, scale)
         loss[r] = l
         if not has_g:
             return
@@ -427,7 +440,6 @@ def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, 
         return
     l = 0.0
     W = 0.0
-    A = 0.0
     B = 0.0
     WT = 0.0
     BT = 0.0
@@ -437,16 +449,24 @@ def _smse_tail_impl(plain, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, 
                                                p_max)
         l = add_reassoc(l, u * d)
         pw = p * wk
-        wt = wk * tk
         W = add_reassoc(W, pw if near else 0.0)
-        A = add_reassoc(A, p * wt if near else 0.0)  # p (w t): the grouping of (w t) P below
         B = add_reassoc(B, pw * x if near else 0.0)
-        WT = add_reassoc(WT, wt if near else 0.0)
-        BT = add_reassoc(BT, wt * x if near else 0.0)
         V_F = add_reassoc(V_F, 0.0 if near else p * u)
+        if use_p:
+            wt = wk * tk
+            WT = add_reassoc(WT, wt if near else 0.0)
+            BT = add_reassoc(BT, wt * x if near else 0.0)
+    if not use_p:  # one-hot t: only the label's terms
+        xy = np.float64(wr[y])
+        wt = np.float64(w[y]) * 1.0
+        WT = wt if _tag(xy) else 0.0
+        BT = wt * xy if _tag(xy) else 0.0
     loss[r] = l
     if not has_g:
         return
+    # A = sum_N p w t = p_max (WT + BT): a lone near class j gets A = (w t)_j P
+    # to the bit, so w_j t_j P - A below is exactly 0
+    A = p_max * (WT + BT)
     if has_w:
         V_N = (W - WT * P) + (B - BT * P)
     else:  # W = P: w_j P - W = 0 below, W - WT P = P (1 - WT)
@@ -571,9 +591,9 @@ def log1p_pos(s):
 
 
 # per-row float64 scratch of a short-row block: rows of one (_NF, _RB) array
-(_F_M, _F_ZY, _F_S1, _F_RS, _F_NN, _F_SE, _F_SE2, _F_SF, _F_SF2, _F_SS, _F_PM, _F_P, _F_B, _F_A, _F_Q,
- _F_VF, _F_VV, _F_GY) = range(18)
-_NF = 18
+(_F_M, _F_ZY, _F_S1, _F_RS, _F_SN, _F_SEE, _F_SF, _F_SF2, _F_SS, _F_PM, _F_P, _F_B, _F_A, _F_Q,
+ _F_VF, _F_VV, _F_GY) = range(17)
+_NF = 17
 # per-row int32 scratch: rows of one (4, _RB) array
 _I_AM, _I_NAN, _I_SPECIAL, _I_Y = range(4)
 
@@ -647,7 +667,7 @@ def _small_exp(smse, E, F, C, nb):
             Ek = E[k]
             for i in range(nb):
                 x = Ek[i] - m[i]
-                e, em1 = exp_em1(x)
+                e, em1 = exp_pm(x)
                 Ek[i] = (-abs(em1) if x >= _NEAR else e) if smse else e
 
 
@@ -702,14 +722,13 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
     :func:`_smse_tail_impl` (the near set N, sums from the exp pass)."""
     C = z.shape[1]
     f32 = is_f32(z)
-    s1, rs, NN, SE, SE2, SF, SF2 = F[_F_S1], F[_F_RS], F[_F_NN], F[_F_SE], F[_F_SE2], F[_F_SF], F[_F_SF2]
+    s1, rs, SN, SEE, SF, SF2 = F[_F_S1], F[_F_RS], F[_F_SN], F[_F_SEE], F[_F_SF], F[_F_SF2]
     SS, PM, P, B, A, Q, VF, VV, GY = F[_F_SS], F[_F_PM], F[_F_P], F[_F_B], F[_F_A], F[_F_Q], F[_F_VF], F[_F_VV], F[_F_GY]
     yb = I[_I_Y]
     _small_exp(True, E, F, C, nb)
     for i in range(nb):
-        NN[i] = 0.0
-        SE[i] = 0.0
-        SE2[i] = 0.0
+        SN[i] = 0.0
+        SEE[i] = 0.0
         SF[i] = 0.0
         SF2[i] = 0.0
     for k in range(C):
@@ -717,27 +736,28 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
         for i in range(nb):
             v = np.float64(Ek[i])
             near = _tag(v)
-            NN[i] += 1.0 if near else 0.0  # exact: integer counts
-            SE[i] = add_reassoc(SE[i], v if near else 0.0)
-            SE2[i] = add_reassoc(SE2[i], v * v if near else 0.0)
-            SF[i] = add_reassoc(SF[i], 0.0 if near else v)
-            SF2[i] = add_reassoc(SF2[i], 0.0 if near else v * v)
+            en = (1.0 + v) if near else 0.0  # near e = 1 + E
+            ef = 0.0 if near else v
+            SN[i] = add_reassoc(SN[i], en)
+            SEE[i] = add_reassoc(SEE[i], en * v)
+            SF[i] = add_reassoc(SF[i], ef)
+            SF2[i] = add_reassoc(SF2[i], ef * ef)
     esc_inv = 2.0 ** -100 if f32 else 1.0
     for i in range(nb):
         SF[i] *= esc_inv  # exact: powers of 2
         SF2[i] *= esc_inv * esc_inv
-        s1[i] = SF[i] + ((NN[i] - 1.0) + SE[i])  # as in _row
+        s1[i] = SF[i] + (SN[i] - 1.0)  # as in _row
         S = 1.0 + s1[i]
         SS[i] = S
         PM[i] = 1.0 / S
         rs[i] = esc_inv / S  # float32 rows: p = e rs; float64 rows: p = e / S, as in _row
         Q[i] = SF[i] / S
-        P[i] = PM[i] * (NN[i] + SE[i])
+        P[i] = PM[i] * SN[i]
         y = max(yb[i], 0)  # (flagged rows: any value)
         xy = np.float64(E[y, i])
         p_y = _smse_p(xy, _tag(xy), f32, rs[i], 1.0, S, PM[i])
         loss[r0 + i], B[i], A[i], VF[i], VV[i], GY[i] = _smse_plain_row(
-            xy, p_y, s1[i], S, PM[i], P[i], Q[i], NN[i], SE[i], SE2[i], SF2[i], scale)
+            xy, p_y, s1[i], S, PM[i], P[i], Q[i], SN[i], SEE[i], SF2[i], scale)
     if grad.shape[0] == 0:
         return
     for k in range(C):
