@@ -419,6 +419,25 @@ FL_INLINE void fl_near_step(const void *v, const void *w, const void *t, int64_t
     }
 }
 #endif
+/* The 8 terms of entry j for fl_near_sums (scalar: short rows and tails). */
+FL_INLINE void fl_near_terms(const void *v, const void *w, const void *t, int64_t j, int f32, double esc,
+                             int has_w, int has_t, double r[8])
+{
+    double x = fl_ld(v, j, f32);
+    int nr = fl_is_near(x);
+    double e = nr ? esc - x : -x;
+    double en = nr ? e : 0.0, En = nr ? -x : 0.0;
+    double wk = has_w ? fl_ld(w, j, f32) : 1.0;
+    double wt = nr && has_t ? wk * fl_ld(t, j, f32) : 0.0;
+    r[0] = en;
+    r[1] = nr ? 0.0 : e;
+    r[2] = en * En;
+    r[3] = nr ? 0.0 : e * e;
+    r[4] = wt;
+    r[5] = wt * En;
+    r[6] = wk * en;
+    r[7] = (wk * en) * En;
+}
 FL_INLINE void fl_near_sums(const void *v, const void *w, const void *t, int64_t n, int f32, double esc, int has_w,
                             int has_t, double s[8])
 {
@@ -426,20 +445,10 @@ FL_INLINE void fl_near_sums(const void *v, const void *w, const void *t, int64_t
         for (int i = 0; i < 8; i++)
             s[i] = 0.0;
         for (int64_t j = 0; j < n; j++) {
-            double x = fl_ld(v, j, f32);
-            int nr = fl_is_near(x);
-            double e = nr ? esc - x : -x;
-            double en = nr ? e : 0.0, En = nr ? -x : 0.0;
-            double wk = has_w ? fl_ld(w, j, f32) : 1.0;
-            double wt = nr && has_t ? wk * fl_ld(t, j, f32) : 0.0;
-            s[0] += en;
-            s[1] += nr ? 0.0 : e;
-            s[2] += en * En;
-            s[3] += nr ? 0.0 : e * e;
-            s[4] += wt;
-            s[5] += wt * En;
-            s[6] += wk * en;
-            s[7] += (wk * en) * En;
+            double r[8];
+            fl_near_terms(v, w, t, j, f32, esc, has_w, has_t, r);
+            for (int i = 0; i < 8; i++)
+                s[i] += r[i];
         }
         return;
     }
@@ -458,20 +467,10 @@ FL_INLINE void fl_near_sums(const void *v, const void *w, const void *t, int64_t
     }
 #endif
     for (; j < n; j++) {
-        double x = fl_ld(v, j, f32);
-        int nr = fl_is_near(x);
-        double e = nr ? esc - x : -x;
-        double en = nr ? e : 0.0, En = nr ? -x : 0.0;
-        double wk = has_w ? fl_ld(w, j, f32) : 1.0;
-        double wt = nr && has_t ? wk * fl_ld(t, j, f32) : 0.0;
-        a[0][j & 15] += en;
-        a[1][j & 15] += nr ? 0.0 : e;
-        a[2][j & 15] += en * En;
-        a[3][j & 15] += nr ? 0.0 : e * e;
-        a[4][j & 15] += wt;
-        a[5][j & 15] += wt * En;
-        a[6][j & 15] += wk * en;
-        a[7][j & 15] += (wk * en) * En;
+        double r[8];
+        fl_near_terms(v, w, t, j, f32, esc, has_w, has_t, r);
+        for (int i = 0; i < 8; i++)
+            a[i][j & 15] += r[i];
     }
     for (int i = 0; i < 8; i++) {
         for (int q = 0; q < 8; q++)
