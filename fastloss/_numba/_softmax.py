@@ -301,14 +301,14 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, SN, SEE, SF, SF2)
 
 
-@jit_inline
+@jit
 def _tag(v):
     """Whether a stored softmax_mse entry is near the max (its sign bit: near
     entries hold E = expm1(z - m) <= 0, ties -0.0; far ones e >= +0)."""
     return math.copysign(1.0, v) < 0.0  # (a bit view here kept the loops scalar)
 
 
-@jit_inline
+@jit
 def _smse_p(x, near, f32, rs, inv_esc, S, p_max):
     """p from a stored entry ``x``: p_max (1 + E) near the max, e / S off it."""
     return p_max * (1.0 + x) if near else (x * rs if f32 else (x * inv_esc) / S)
@@ -352,7 +352,7 @@ def _smse_plain_row(xy, p_y, s1, S, p_max, P, Q, SN, SEE, SF2, scale):
     return l, B, A, V_F, V_N + V_F, ((2.0 * p_y) * G_y) * scale
 
 
-@jit_inline
+@jit
 def _smse_plain_g(x, pf, p_max, P, B, A, Q, V_F, VV, scale):
     """Gradient of a plain row's entry with t = 0 from its stored ``x`` (``pf``:
     its p if far, e / S): near G = p_max (E P - B) + A + (Q p - V_F), far
@@ -363,7 +363,7 @@ def _smse_plain_g(x, pf, p_max, P, B, A, Q, V_F, VV, scale):
     return ((2.0 * p) * G) * scale
 
 
-@jit_inline
+@jit
 def _smse_entry(v, tk, wk, f32, rs, inv_esc, S, s1, p_max):
     """An entry of a softmax_mse row from its stored ``v``, target ``tk`` and
     weight ``wk``: ``(near, x, p, d, u)`` with d = p - t, u = w d (x: E if
@@ -377,7 +377,7 @@ def _smse_entry(v, tk, wk, f32, rs, inv_esc, S, s1, p_max):
     return near, x, p, d, wk * d
 
 
-@jit_inline
+@jit
 def _smse_grad(near, x, p, wk, u, wtP, P, W, A, B, Q, V_F, VV, p_max, scale):
     """The gradient of an entry (:func:`_smse_tail_impl`'s G_j; ``wtP`` = (w t) P)."""
     gn = ((wk * x) * P - B) + (wk * P - W)
@@ -385,7 +385,7 @@ def _smse_grad(near, x, p, wk, u, wtP, P, W, A, B, Q, V_F, VV, p_max, scale):
     return ((2.0 * p) * (gn if near else u - VV)) * scale
 
 
-_PLAIN, _LABELS, _PROBS, _PROBS_W = 0, 1, 2, 3  # softmax_mse tail variants (compile-time)
+_PLAIN, _LABELS, _PROBS = 0, 1, 2  # softmax_mse tail variants (compile-time)
 
 
 @jit_inline
@@ -394,11 +394,8 @@ def _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, 
     (labels, no weights), weighted labels and probabilities: with that known
     at compile time the loops carry no target/weight loads behind runtime
     branches, and no sums the variant does not need."""
-    if probs.shape[0] > 0 and w.size == 0:
+    if probs.shape[0] > 0:
         _smse_tail_impl(_PROBS, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, SN, SEE, SF,
-                        SF2)
-    elif probs.shape[0] > 0:
-        _smse_tail_impl(_PROBS_W, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, SN, SEE, SF,
                         SF2)
     elif w.size == 0:
         _smse_tail_impl(_PLAIN, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, SN, SEE, SF,
@@ -428,8 +425,8 @@ def _smse_tail_impl(mode, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, i
     """
     C = zr.size
     plain = mode == _PLAIN
-    use_p = mode == _PROBS or mode == _PROBS_W
-    has_w = mode == _LABELS or mode == _PROBS_W
+    use_p = mode == _PROBS
+    has_w = mode == _LABELS or (use_p and w.size > 0)
     p_max = 1.0 / S
     Q = SF / S  # sum of p over F = 1 - P, never a difference
     P = p_max * SN  # sum of p over N
@@ -466,8 +463,7 @@ def _smse_tail_impl(mode, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, i
         ky = False if use_p else k == y
         l = add_reassoc(l, 0.0 if ky else u * d)
         pw = p * wk
-        if has_w:  # (without weights W = P)
-            W = add_reassoc(W, pw if near else 0.0)
+        W = add_reassoc(W, pw if near else 0.0)  # (not used without weights: W = P)
         B = add_reassoc(B, pw * x if near else 0.0)
         V_F = add_reassoc(V_F, 0.0 if (near | ky) else p * u)
         if use_p:
@@ -799,6 +795,11 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
             grad[r0 + i, k] = z[r0 + i, k] if sp else E[k, i]
 
 
+# flagged short rows are few: a real call (its array refcounts cost ~40 ns)
+# keeps _row's body out of the short-row kernels (compile time)
+_row_call = jit(_row.py_func)
+
+
 @jit_inline
 def _small_rows(op, z, labels, ignore_index, grad, loss, scale, esc, b):
     """Block ``b`` of :data:`_RB` rows; flagged rows redone by the general :func:`_row`."""
@@ -821,8 +822,8 @@ def _small_rows(op, z, labels, ignore_index, grad, loss, scale, esc, b):
         special = I[_I_SPECIAL]
         for i in range(nb):
             if special[i]:
-                _row(op, z[r0 + i], r0 + i, labels, no_p, no_w, ignore_index, 0.0,
-                     grad[r0 + i] if has_g else scratch, has_g, loss, scale, esc)
+                _row_call(op, z[r0 + i], r0 + i, labels, no_p, no_w, ignore_index, 0.0,
+                          grad[r0 + i] if has_g else scratch, has_g, loss, scale, esc)
 
 
 @kernel
