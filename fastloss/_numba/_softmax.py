@@ -20,7 +20,8 @@ import numpy as np
 from numba import prange
 
 from ._jit import jit, jit_inline, kernel, parallel_kernel
-from ._math import _LN2_HI, _LN2_LO, add_reassoc, exp, exp_em1_scaled_f32, exp_pm, exp_scaled_f32, is_f32, mul0, tree_sum
+from ._math import (_LN2_HI, _LN2_LO, add_reassoc, exp, exp_em1_scaled_f32, exp_pm, exp_scaled_f32, is_f32, mul0,
+                    tree_sum)
 
 CE, SMSE = 0, 1
 _NAN = np.nan
@@ -300,14 +301,14 @@ def _row(op, zr, r, labels, probs, w, ignore_index, eps, wr, has_g, loss, scale,
     _smse_tail(zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, inv_esc, S, s1, SN, SEE, SF, SF2)
 
 
-@jit_inline
+@jit
 def _tag(v):
     """Whether a stored softmax_mse entry is near the max (its sign bit: near
     entries hold E = expm1(z - m) <= 0, ties -0.0; far ones e >= +0)."""
     return math.copysign(1.0, v) < 0.0  # (a bit view here kept the loops scalar)
 
 
-@jit_inline
+@jit
 def _smse_p(x, near, f32, rs, inv_esc, S, p_max):
     """p from a stored entry ``x``: p_max (1 + E) near the max, e / S off it."""
     return p_max * (1.0 + x) if near else (x * rs if f32 else (x * inv_esc) / S)
@@ -351,7 +352,7 @@ def _smse_plain_row(xy, p_y, s1, S, p_max, P, Q, SN, SEE, SF2, scale):
     return l, B, A, V_F, V_N + V_F, ((2.0 * p_y) * G_y) * scale
 
 
-@jit_inline
+@jit
 def _smse_plain_g(x, pf, p_max, P, B, A, Q, V_F, VV, scale):
     """Gradient of a plain row's entry with t = 0 from its stored ``x`` (``pf``:
     its p if far, e / S): near G = p_max (E P - B) + A + (Q p - V_F), far
@@ -362,19 +363,26 @@ def _smse_plain_g(x, pf, p_max, P, B, A, Q, V_F, VV, scale):
     return ((2.0 * p) * G) * scale
 
 
-@jit_inline
-def _smse_entry(v, k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, s1, p_max):
-    """Entry k of a softmax_mse row from its stored entry ``v``:
-    ``(near, x, p, t, w, d, u)`` with d = p - t, u = w d (x: E if near)."""
+@jit
+def _smse_entry(v, tk, wk, f32, rs, inv_esc, S, s1, p_max):
+    """An entry of a softmax_mse row from its stored ``v``, target ``tk`` and
+    weight ``wk``: ``(near, x, p, d, u)`` with d = p - t, u = w d (x: E if
+    near, else e)."""
     x = np.float64(v)
     near = _tag(x)
     p = _smse_p(x, near, f32, rs, inv_esc, S, p_max)
-    tk = np.float64(probs[r, k]) if use_p else (1.0 if k == y else 0.0)
-    wk = np.float64(w[k]) if has_w else 1.0
     # a heavy target near the max: p - t = (1 - t) - (1 - p), 1 - p =
     # (S' - E) p_max with both terms >= 0 (exact when p rounds to 1)
     d = ((1.0 - tk) - (s1 - x) * p_max) if (near & (tk >= 0.5)) else (p - tk)
-    return near, x, p, tk, wk, d, wk * d
+    return near, x, p, d, wk * d
+
+
+@jit
+def _smse_grad(near, x, p, wk, u, wtP, P, W, A, B, Q, V_F, VV, p_max, scale):
+    """The gradient of an entry (:func:`_smse_tail_impl`'s G_j; ``wtP`` = (w t) P)."""
+    gn = ((wk * x) * P - B) + (wk * P - W)
+    gn = (p_max * gn - (wtP - A)) + (Q * u - V_F)
+    return ((2.0 * p) * (gn if near else u - VV)) * scale
 
 
 _PLAIN, _LABELS, _PROBS = 0, 1, 2  # softmax_mse tail variants (compile-time)
@@ -411,8 +419,9 @@ def _smse_tail_impl(mode, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, i
     the sums over F of p, p u:
       j in N:  G_j = p_max ((w_j P - W) + (w_j E_j P - B)) - (w_j t_j P - A) + (Q u_j - V_F)
       j in F:  G_j = u_j - (V_N + V_F),  V_N = p_max ((W - WT P) + (B - BT P)) - A Q
-    ``SF2`` (the sum of e^2 over F) is only formed for float32 rows (their
-    second exp-pass loop; a fourth sum in the float64 exp loop cost 30 %).
+    ``SF2`` (the sum of e^2 over F, plain rows only) comes from the float32
+    rows' second exp-pass loop; float64 rows sum it here (as a fourth sum in
+    their exp loop it slowed that loop ~25 %; +inf rows have no far mass).
     """
     C = zr.size
     plain = mode == _PLAIN
@@ -438,6 +447,9 @@ def _smse_tail_impl(mode, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, i
             wr[k] = _smse_plain_g(x, x * rs if f32 else (x * inv_esc) / S, p_max, P, B, A, Q, V_F, VV, scale)
         wr[y] = g_y
         return
+    # weighted labels: the loops take t = 0 and skip the label's loss and
+    # V_F terms, added (and its gradient written) after them: one-hot t
+    # costs no loads or selects per entry, WT and BT need no sums
     l = 0.0
     W = 0.0
     B = 0.0
@@ -445,22 +457,28 @@ def _smse_tail_impl(mode, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, i
     BT = 0.0
     V_F = 0.0
     for k in range(C):
-        near, x, p, tk, wk, d, u = _smse_entry(wr[k], k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, s1,
-                                               p_max)
-        l = add_reassoc(l, u * d)
+        tk = np.float64(probs[r, k]) if use_p else 0.0
+        wk = np.float64(w[k]) if has_w else 1.0
+        near, x, p, d, u = _smse_entry(wr[k], tk, wk, f32, rs, inv_esc, S, s1, p_max)
+        ky = False if use_p else k == y
+        l = add_reassoc(l, 0.0 if ky else u * d)
         pw = p * wk
-        W = add_reassoc(W, pw if near else 0.0)
+        W = add_reassoc(W, pw if near else 0.0)  # (not used without weights: W = P)
         B = add_reassoc(B, pw * x if near else 0.0)
-        V_F = add_reassoc(V_F, 0.0 if near else p * u)
+        V_F = add_reassoc(V_F, 0.0 if (near | ky) else p * u)
         if use_p:
             wt = wk * tk
             WT = add_reassoc(WT, wt if near else 0.0)
             BT = add_reassoc(BT, wt * x if near else 0.0)
-    if not use_p:  # one-hot t: only the label's terms
-        xy = np.float64(wr[y])
-        wt = np.float64(w[y]) * 1.0
-        WT = wt if _tag(xy) else 0.0
-        BT = wt * xy if _tag(xy) else 0.0
+    # the label's entry (read before the gradient loop overwrites it)
+    w_y = 1.0 if use_p else np.float64(w[y])
+    near_y, x_y, p_y, d_y, u_y = _smse_entry(0.0 if use_p else wr[y], 1.0, w_y, f32, rs, inv_esc, S, s1, p_max)
+    if not use_p:
+        l += u_y * d_y
+        V_F += 0.0 if near_y else p_y * u_y
+        wt = w_y * 1.0
+        WT = wt if near_y else 0.0
+        BT = wt * x_y if near_y else 0.0
     loss[r] = l
     if not has_g:
         return
@@ -475,11 +493,13 @@ def _smse_tail_impl(mode, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, i
     V_N = p_max * V_N - A * Q
     VV = V_N + V_F
     for k in range(C):
-        near, x, p, tk, wk, d, u = _smse_entry(wr[k], k, r, y, probs, w, use_p, has_w, f32, rs, inv_esc, S, s1,
-                                               p_max)
-        gn = ((wk * x) * P - B) + (wk * P - W)
-        gn = (p_max * gn - ((wk * tk) * P - A)) + (Q * u - V_F)
-        wr[k] = ((2.0 * p) * (gn if near else u - VV)) * scale
+        tk = np.float64(probs[r, k]) if use_p else 0.0
+        wk = np.float64(w[k]) if has_w else 1.0
+        near, x, p, d, u = _smse_entry(wr[k], tk, wk, f32, rs, inv_esc, S, s1, p_max)
+        wr[k] = _smse_grad(near, x, p, wk, u, (wk * tk) * P if use_p else 0.0, P, W, A, B, Q, V_F, VV, p_max,
+                           scale)
+    if not use_p:
+        wr[y] = _smse_grad(near_y, x_y, p_y, w_y, u_y, (w_y * 1.0) * P, P, W, A, B, Q, V_F, VV, p_max, scale)
 
 
 @jit_inline
@@ -723,7 +743,8 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
     C = z.shape[1]
     f32 = is_f32(z)
     s1, rs, SN, SEE, SF, SF2 = F[_F_S1], F[_F_RS], F[_F_SN], F[_F_SEE], F[_F_SF], F[_F_SF2]
-    SS, PM, P, B, A, Q, VF, VV, GY = F[_F_SS], F[_F_PM], F[_F_P], F[_F_B], F[_F_A], F[_F_Q], F[_F_VF], F[_F_VV], F[_F_GY]
+    SS, PM, P, B, A, Q = F[_F_SS], F[_F_PM], F[_F_P], F[_F_B], F[_F_A], F[_F_Q]
+    VF, VV, GY = F[_F_VF], F[_F_VV], F[_F_GY]
     yb = I[_I_Y]
     _small_exp(True, E, F, C, nb)
     for i in range(nb):
@@ -774,6 +795,11 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
             grad[r0 + i, k] = z[r0 + i, k] if sp else E[k, i]
 
 
+# flagged short rows are few: a real call (its array refcounts cost ~40 ns)
+# keeps _row's body out of the short-row kernels (compile time)
+_row_call = jit(_row.py_func)
+
+
 @jit_inline
 def _small_rows(op, z, labels, ignore_index, grad, loss, scale, esc, b):
     """Block ``b`` of :data:`_RB` rows; flagged rows redone by the general :func:`_row`."""
@@ -796,8 +822,8 @@ def _small_rows(op, z, labels, ignore_index, grad, loss, scale, esc, b):
         special = I[_I_SPECIAL]
         for i in range(nb):
             if special[i]:
-                _row(op, z[r0 + i], r0 + i, labels, no_p, no_w, ignore_index, 0.0,
-                     grad[r0 + i] if has_g else scratch, has_g, loss, scale, esc)
+                _row_call(op, z[r0 + i], r0 + i, labels, no_p, no_w, ignore_index, 0.0,
+                          grad[r0 + i] if has_g else scratch, has_g, loss, scale, esc)
 
 
 @kernel
