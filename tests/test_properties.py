@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 import fastloss
 from tests.conftest import ALL_OPS, ELEMENTWISE, HOST_BACKENDS, SOFTMAX
-from tests.tolerances import assert_close, assert_reduced
+from tests.tolerances import MEAN_FLOOR, TOL, assert_close, assert_reduced
 
 # backends by direct parametrization: hypothesis rejects function-scoped fixtures
 BACKEND = pytest.mark.parametrize("backend", HOST_BACKENDS)
@@ -87,6 +87,21 @@ def _denominator(op, t, w, ignore_index=-100):
     return valid.size
 
 
+def _check_sum_mean(backend, op, z, t, w, dtype):
+    s, gs = getattr(fastloss, op)(z, t, weight=w, reduction="sum", return_grad=True, backend=backend)
+    m, gm = getattr(fastloss, op)(z, t, weight=w, reduction="mean", return_grad=True, backend=backend)
+    den = _denominator(op, t, w)
+    if den == 0:
+        assert m == 0.0 and (gm == 0).all()
+        return
+    floor = den * MEAN_FLOOR[np.dtype(dtype)]  # mean and its gradient rounded to the subnormal grid
+    assert_reduced(np.float64(m) * den, s, dtype, what="mean * denominator", floor=floor)
+    fin = np.abs(np.asarray(gs, np.float64))
+    fin = fin[np.isfinite(fin)]
+    atol = TOL[np.dtype(dtype)]["atol"] * (fin.max() if fin.size else 0.0) + floor
+    assert_close(gm.astype(np.float64) * den, gs, dtype, what="grad mean * denominator", atol=atol, scale=1.0)
+
+
 @BACKEND
 @pytest.mark.parametrize("op", ALL_OPS)
 @SETTINGS
@@ -96,14 +111,19 @@ def test_sum_equals_mean_times_denominator(backend, op, data):
         z, t, w, dtype = data.draw(softmax_case())
     else:
         z, t, w, dtype = data.draw(elementwise_case())
-    s, gs = getattr(fastloss, op)(z, t, weight=w, reduction="sum", return_grad=True, backend=backend)
-    m, gm = getattr(fastloss, op)(z, t, weight=w, reduction="mean", return_grad=True, backend=backend)
-    den = _denominator(op, t, w)
-    if den == 0:
-        assert m == 0.0 and (gm == 0).all()
-        return
-    assert_reduced(np.float64(m) * den, s, dtype, what="mean * denominator")
-    assert_close(gm.astype(np.float64) * den, gs, dtype, what="grad mean * denominator")
+    _check_sum_mean(backend, op, z, t, w, dtype)
+
+
+@BACKEND
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_equals_mean_times_denominator_subnormal_mean(backend, dtype):
+    # hypothesis found it: a loss sum of one subnormal step over 2 elements
+    # has a mean that rounds to 0 in every backend (and in exact rounding)
+    z = np.zeros(2, dtype)
+    w = np.array([np.finfo(dtype).smallest_subnormal, 0], dtype)
+    m = fastloss.sigmoid_bce(z, z, weight=w, reduction="mean", backend=backend)
+    assert m == 0.0 and fastloss.sigmoid_bce(z, z, weight=w, reduction="sum", backend=backend) > 0
+    _check_sum_mean(backend, "sigmoid_bce", z, z, w, dtype)
 
 
 @BACKEND

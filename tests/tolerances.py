@@ -43,6 +43,14 @@ REDUCED_RTOL = {
     np.dtype(np.float16): TOL[np.dtype(np.float16)]["rtol"],
 }
 
+#: Absolute error a mean returned in the dtype can carry however exact the
+#: kernel: below the normal range sum / n is rounded to the subnormal grid,
+#: up to half its spacing off (a sum of 5e-324 over 2 rows has mean 0), so
+#: mean * n may differ from the sum by n times that.  The table holds the
+#: whole spacing (half of it is not a float64).
+MEAN_FLOOR = {dt: float(np.finfo(dt).smallest_subnormal)
+              for dt in (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.float16))}
+
 #: Central finite differences in float64 with step h = 1e-6 * max(1, |z|):
 #: truncation error O(h^2 f''') ~ 1e-12 and cancellation error eps/h ~ 2e-10
 #: relative to the loss scale.
@@ -106,11 +114,13 @@ def assert_close(actual, expected, dtype, *, what="", rtol=None, atol=None, scal
         )
 
 
-def assert_reduced(actual, expected, dtype, *, what=""):
-    """A reduced scalar against the reference within :data:`REDUCED_RTOL`."""
+def assert_reduced(actual, expected, dtype, *, what="", floor=0.0):
+    """A reduced scalar against the reference within :data:`REDUCED_RTOL`,
+    plus an absolute ``floor`` (e.g. ``n * MEAN_FLOOR[dtype]`` for a mean
+    scaled back by ``n``)."""
     dtype = np.dtype(dtype)
     assert_close(np.float64(actual), np.float64(expected), dtype, what=what,
-                 rtol=REDUCED_RTOL[dtype], atol=0.0)
+                 rtol=REDUCED_RTOL[dtype], atol=floor, scale=1.0)
 
 
 def assert_contract(actual, exact, kappa, dtype, *, what=""):
