@@ -26,12 +26,15 @@ NAME = "numba"
 
 _SM_OPS = {"softmax_cross_entropy": _sm.CE, "softmax_mse": _sm.SMSE}
 #: Up to these sizes the calling thread works alone: waking numba's pool
-#: costs ~30 us here (more when the other core is busy), which a 2-core
-#: machine only wins back above these sizes (measured by timing the serial
-#: against the parallel kernel, float32, 16Ki-element chunks: sigmoid_bce
-#: gains from 2**16, sigmoid_mse breaks even at 2**16, mse -- memory-bound,
-#: cheap per element -- not before 2**20, CE near 2**17).
-SERIAL_ELEMENTS = {"mse": 1 << 20, "sigmoid_mse": 1 << 16, "sigmoid_bce": 1 << 15}
+#: costs ~30 us on a quiet machine, but on this 2-vCPU VM the second
+#: thread often starts hundreds of us late.  Serial vs parallel kernel,
+#: float32, medians of 30 calls, two runs: sigmoid_mse 2^16 148 vs 181-236
+#: us, 2^17 296-301 vs 341-346, 2^18 596-599 vs 694-697; sigmoid_bce 2^16
+#: 211-221 vs 242-305, 2^17 428 vs 474-627, 2^18 874-1146 vs 895-1254,
+#: 2^19 1.8-2.7 vs 1.2-1.9 ms (the parallel best times win from 2^17,
+#: the medians only from 2^19).  mse -- memory-bound, cheap per element --
+#: gains nothing before 2**20, cross-entropy near 2**17.
+SERIAL_ELEMENTS = {"mse": 1 << 20, "sigmoid_mse": 1 << 17, "sigmoid_bce": 1 << 17}
 SERIAL_SOFTMAX = 1 << 17
 # float32 gradient rows hold exp(z - m) * 2**100: an e below float32's normal
 # range stays exact until the final rescale (2**100 * 1 cannot overflow).
