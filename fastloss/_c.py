@@ -28,6 +28,7 @@ _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 # type objects, not their names: a name is looked up on every call (~0.03 us)
 _CARRAY = {} if ffi is None else {"f32": ffi.typeof("float[]"), "f64": ffi.typeof("double[]")}
 _I64 = None if ffi is None else ffi.typeof("int64_t[]")
+_F64 = _CARRAY.get("f64")  # the row-loss buffer's type
 _ELEMENTWISE_OPS = ("mse", "sigmoid_mse", "sigmoid_bce")
 _SOFTMAX_OPS = ("softmax_cross_entropy", "softmax_mse")
 #: per family: op -> dtype -> (C function, cffi array type), filled on first use
@@ -102,5 +103,5 @@ def softmax_rows(op, z, labels, probs, w, ignore_index, smoothing, grad, loss, s
     # one call with the arguments spelled out (no argument tuples to build)
     if op == "softmax_cross_entropy":
         return fn(fb(ct, z), R, C, lp, pp, wp, int(ignore_index), float(smoothing), gp,
-                  fb(_CARRAY["f64"], loss, True), float(scale))
-    return fn(fb(ct, z), R, C, lp, pp, wp, int(ignore_index), gp, fb(_CARRAY["f64"], loss, True), float(scale))
+                  fb(_F64, loss, True), float(scale))
+    return fn(fb(ct, z), R, C, lp, pp, wp, int(ignore_index), gp, fb(_F64, loss, True), float(scale))

@@ -353,12 +353,12 @@ def _smse_plain_row(xy, p_y, s1, S, p_max, P, Q, SN, SEE, SF2, scale):
 
 
 @jit
-def _smse_plain_g(x, pf, p_max, P, B, A, Q, V_F, VV, scale):
-    """Gradient of a plain row's entry with t = 0 from its stored ``x`` (``pf``:
-    its p if far, e / S): near G = p_max (E P - B) + A + (Q p - V_F), far
+def _smse_plain_g(x, f32, rs, inv_esc, S, p_max, P, B, A, Q, V_F, VV, scale):
+    """Gradient of a plain row's entry with t = 0 from its stored ``x`` (p as
+    in :func:`_smse_p`): near G = p_max (E P - B) + A + (Q p - V_F), far
     G = p - VV (see :func:`_smse_tail_impl`)."""
     near = _tag(x)
-    p = p_max * (1.0 + x) if near else pf
+    p = _smse_p(x, near, f32, rs, inv_esc, S, p_max)
     G = ((p_max * (x * P - B) + A) + (Q * p - V_F)) if near else (p - VV)
     return ((2.0 * p) * G) * scale
 
@@ -444,7 +444,7 @@ def _smse_tail_impl(mode, zr, r, y, probs, w, wr, has_g, loss, scale, f32, rs, i
             return
         for k in range(C):
             x = np.float64(wr[k])
-            wr[k] = _smse_plain_g(x, x * rs if f32 else (x * inv_esc) / S, p_max, P, B, A, Q, V_F, VV, scale)
+            wr[k] = _smse_plain_g(x, f32, rs, inv_esc, S, p_max, P, B, A, Q, V_F, VV, scale)
         wr[y] = g_y
         return
     # weighted labels: the loops take t = 0 and skip the label's loss and
@@ -785,8 +785,7 @@ def _smse_small_block(z, labels, grad, loss, scale, r0, nb, E, F, I):
         Ek = E[k]
         for i in range(nb):
             x = np.float64(Ek[i])
-            g = _smse_plain_g(x, x * rs[i] if f32 else x / SS[i], PM[i], P[i], B[i], A[i], Q[i], VF[i], VV[i],
-                              scale)
+            g = _smse_plain_g(x, f32, rs[i], 1.0, SS[i], PM[i], P[i], B[i], A[i], Q[i], VF[i], VV[i], scale)
             Ek[i] = GY[i] if k == yb[i] else g
     special = I[_I_SPECIAL]
     for i in range(nb):
